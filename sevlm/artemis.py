@@ -1,0 +1,494 @@
+"""ArtEmis: read the annotation files, check every row, group by painting, split.
+
+A row is kept, or skipped for exactly one reason, checked in this order: ``unknown_emotion``,
+``empty_utterance``, ``invalid_path`` (``art_style`` or ``painting`` would leave the images
+root), ``missing_image``, ``unreadable_image`` (only when images are decoded). Skips are
+counted, never fatal; a file that is not an ArtEmis CSV at all is a :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from sevlm.emotions import EMOTIONS, normalize_emotion
+from sevlm.images import check_image
+from sevlm.text import UtterancePrep
+
+log = logging.getLogger(__name__)
+
+V1_CSV_NAME = "artemis_dataset_release_v0.csv"
+CONTRASTIVE_CSV_NAME = "Contrastive.csv"
+IMAGES_DIR_NAME = "wikiart"
+LEXICON_NAME = "NRC-VAD-Lexicon.txt"
+IMAGE_EXTENSION = ".jpg"
+
+REQUIRED_COLUMNS = ("art_style", "painting", "emotion", "utterance")
+"""Columns a v1.0 file must have (``repetition`` is read when present, never needed)."""
+CONTRASTIVE_COLUMNS = (*REQUIRED_COLUMNS, "anchor_painting")
+SKIP_REASONS = (
+    "unknown_emotion",
+    "empty_utterance",
+    "invalid_path",
+    "missing_image",
+    "unreadable_image",
+)
+SPLITS = ("train", "val", "test")
+Variant = Literal["v1", "contrastive", "combined"]
+
+
+class DataError(ValueError):
+    """Input that cannot be used at all; the message names the file and what is wrong."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the data is
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where ArtEmis is: CSV files (or a Hugging Face dataset) and the WikiArt images root."""
+
+    csv: Path | None = None
+    """The v1.0 annotations (``artemis_dataset_release_v0.csv``)."""
+    images: Path | None = None
+    """The WikiArt root: images are ``<images>/<art_style>/<painting>.jpg``."""
+    lexicon: Path | None = None
+    """An NRC-VAD lexicon file (optional)."""
+    contrastive: Path | None = None
+    """The v2.0 ``Contrastive.csv`` (for the ``contrastive`` and ``combined`` variants)."""
+    variant: Variant = "v1"
+    """v1: the v1.0 rows; contrastive: the v2.0 rows; combined: v2.0 + as many v1.0 rows."""
+    hf: str | None = None
+    """A Hugging Face dataset with the ArtEmis columns: a hub name or a saved local folder."""
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("v1", "contrastive", "combined"):
+            raise DataError(f"variant must be v1, contrastive or combined, got {self.variant!r}")
+        if self.images is None:
+            raise DataError("no images root: give --images DIR (or --data DIR with DIR/wikiart)")
+        if self.hf is None and self.variant != "contrastive" and self.csv is None:
+            raise DataError("no annotations: give --csv FILE or --data DIR")
+        if self.variant != "v1" and self.contrastive is None:
+            raise DataError(f"the {self.variant} variant needs --contrastive FILE")
+
+    @classmethod
+    def resolve(
+        cls,
+        data: str | None = None,
+        csv: str | Path | None = None,
+        images: str | Path | None = None,
+        lexicon: str | Path | None = None,
+        contrastive: str | Path | None = None,
+        variant: Variant = "v1",
+    ) -> DataSource:
+        """A source from the command-line options; explicit paths win over ``--data``.
+
+        ``data`` is a folder in the released layout (``artemis_dataset_release_v0.csv``,
+        ``wikiart/``, optional ``NRC-VAD-Lexicon.txt`` and ``Contrastive.csv``), a folder
+        saved by ``datasets``, or ``hf:ORG/NAME`` for a dataset on the Hugging Face hub.
+        """
+        hf = None
+        if data is not None and data.startswith("hf:"):
+            hf = data[3:]
+        elif data is not None:
+            root = Path(data)
+            if not root.is_dir():
+                raise DataError(f"--data {data}: not a folder")
+            if is_saved_hf_dataset(root):
+                hf = str(root)
+            else:
+                csv = csv or root / V1_CSV_NAME
+                if lexicon is None and (root / LEXICON_NAME).is_file():
+                    lexicon = root / LEXICON_NAME
+                if contrastive is None and (root / CONTRASTIVE_CSV_NAME).is_file():
+                    contrastive = root / CONTRASTIVE_CSV_NAME
+            if images is None and (root / IMAGES_DIR_NAME).is_dir():
+                images = root / IMAGES_DIR_NAME
+        return cls(
+            csv=_path(csv),
+            images=_path(images),
+            lexicon=_path(lexicon),
+            contrastive=_path(contrastive),
+            variant=variant,
+            hf=hf,
+        )
+
+    def describe(self) -> dict[str, str | None]:
+        return {k: None if v is None else str(v) for k, v in asdict(self).items()}
+
+
+def _path(p: str | Path | None) -> Path | None:
+    return None if p is None else Path(p)
+
+
+def is_saved_hf_dataset(folder: Path) -> bool:
+    """Whether ``folder`` was written by ``datasets``' ``save_to_disk``."""
+    return any((folder / n).is_file() for n in ("dataset_dict.json", "state.json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows
+
+
+def read_csv_rows(path: Path, required: Iterable[str] = REQUIRED_COLUMNS) -> Iterator[dict]:
+    """The rows of an ArtEmis CSV as dicts (real CSV quoting); a malformed file is a DataError."""
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise DataError(f"{path}: cannot open: {e.strerror or e}") from e
+    with f:
+        reader = csv.DictReader(f)
+        try:
+            header = reader.fieldnames
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not a UTF-8 CSV file: {e}") from e
+        if not header:
+            raise DataError(f"{path}: empty file, expected a CSV header")
+        reader.fieldnames = [name.strip() for name in header]
+        missing = [c for c in required if c not in reader.fieldnames]
+        if missing:
+            found = ", ".join(reader.fieldnames[:8])
+            raise DataError(
+                f"{path}: not an ArtEmis CSV: missing required column(s) "
+                f"{', '.join(missing)} (header has: {found})"
+            )
+        try:
+            for row in reader:
+                row["_line"] = reader.line_num
+                yield row
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: malformed CSV near line {reader.line_num}: {e}") from e
+
+
+def read_hf_rows(spec: str) -> Iterator[dict]:
+    """The rows of a Hugging Face dataset (every split, in name order) with the ArtEmis columns."""
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(spec) if Path(spec).is_dir() else datasets.load_dataset(spec)
+    except Exception as e:  # datasets raises many types: missing, offline, bad format
+        raise DataError(f"hf:{spec}: cannot load the dataset: {e}") from e
+    parts = [ds[k] for k in sorted(ds)] if isinstance(ds, datasets.DatasetDict) else [ds]
+    line = 0
+    for part in parts:
+        missing = [c for c in REQUIRED_COLUMNS if c not in part.column_names]
+        if missing:
+            raise DataError(f"hf:{spec}: missing required column(s) {', '.join(missing)}")
+        for batch in part.select_columns(list(REQUIRED_COLUMNS)).iter(batch_size=4096):
+            for values in zip(*(batch[c] for c in REQUIRED_COLUMNS), strict=True):
+                line += 1
+                yield {**dict(zip(REQUIRED_COLUMNS, values, strict=True)), "_line": line}
+
+
+def iter_source_rows(source: DataSource, seed: int = 0) -> Iterator[dict]:
+    """The rows of a source, for its variant (``combined``: v2.0 + an equal seeded v1.0 sample)."""
+    if source.hf is not None:
+        yield from read_hf_rows(source.hf)
+        return
+    if source.variant == "v1":
+        yield from read_csv_rows(source.csv)
+        return
+    contrastive = list(read_csv_rows(source.contrastive, CONTRASTIVE_COLUMNS))
+    yield from contrastive
+    if source.variant == "combined":
+        v1 = list(read_csv_rows(source.csv))
+        picked = random.Random(seed).sample(range(len(v1)), k=min(len(contrastive), len(v1)))
+        yield from (v1[i] for i in sorted(picked))
+
+
+# ---------------------------------------------------------------------------------------------
+# Images on disk
+
+
+def _unsafe_component(part: str) -> bool:
+    return (
+        not part
+        or part in (".", "..")
+        or any(sep in part for sep in ("/", "\\", "\0"))
+        or os.path.isabs(part)
+    )
+
+
+class ImageIndex:
+    """Finds ``<root>/<art_style>/<painting>.jpg``, in either Unicode normal form.
+
+    Folder listings are read once and keyed by NFC name, so a painting whose name exists on
+    disk only in the other normal form (NFC vs NFD) still resolves. A path whose components
+    or symlinks would lead outside the root is ``invalid_path``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._real_root = self.root.resolve()
+        self._listings: dict[Path, dict[str, str]] = {}
+
+    def _listing(self, folder: Path) -> dict[str, str]:
+        if folder not in self._listings:
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                names = []
+            self._listings[folder] = {unicodedata.normalize("NFC", n): n for n in names}
+        return self._listings[folder]
+
+    def _find(self, folder: Path, name: str) -> Path | None:
+        actual = self._listing(folder).get(unicodedata.normalize("NFC", name))
+        return None if actual is None else folder / actual
+
+    def locate(self, art_style: str, painting: str) -> tuple[Path | None, str | None]:
+        """``(path, None)`` for a found image, else ``(None, reason)``."""
+        if _unsafe_component(art_style) or _unsafe_component(painting + IMAGE_EXTENSION):
+            return None, "invalid_path"
+        style_dir = self._find(self.root, art_style)
+        image = None if style_dir is None else self._find(style_dir, painting + IMAGE_EXTENSION)
+        if image is None:
+            return None, "missing_image"
+        if not image.resolve().is_relative_to(self._real_root):
+            return None, "invalid_path"
+        return image, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loaded data set
+
+
+@dataclass
+class Annotation:
+    """One person's emotion and explanation for a painting."""
+
+    emotion: str
+    utterance: str
+    text: str | None = None
+    """The explanation prepared for training; None when the preparation drops it."""
+
+
+@dataclass
+class Painting:
+    """A painting, its image file and all its kept annotations."""
+
+    art_style: str
+    painting: str
+    image: Path
+    split: str = "train"
+    annotations: list[Annotation] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The painting's identity: ``style/painting`` in NFC."""
+        return painting_key(self.art_style, self.painting)
+
+
+def painting_key(art_style: str, painting: str) -> str:
+    return unicodedata.normalize("NFC", f"{art_style}/{painting}")
+
+
+@dataclass
+class DataReport:
+    """What was read, what was kept, and why the rest was skipped."""
+
+    source: dict
+    rows_total: int
+    rows_kept: int
+    paintings_kept: int
+    skipped: dict[str, int]
+    splits: dict[str, int]
+    emotion_counts: dict[str, int]
+    images_decoded: bool
+    text: dict = field(default_factory=dict)
+    """The utterance preparation: kept, too_short, too_long, max_tokens (apart from validity)."""
+    skipped_examples: dict[str, list[dict]] = field(default_factory=dict)
+    """Up to five skipped rows per reason (line, art_style, painting), to find them."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """A short human summary."""
+        n_skipped = sum(self.skipped.values())
+        lines = [
+            f"rows: {self.rows_total} read, {self.rows_kept} kept, {n_skipped} skipped",
+            f"paintings: {self.paintings_kept} kept; splits "
+            + ", ".join(f"{k} {v}" for k, v in self.splits.items()),
+        ]
+        if n_skipped:
+            reasons = ", ".join(f"{k} {v}" for k, v in self.skipped.items() if v)
+            lines.append(f"skipped: {reasons}")
+        if not self.images_decoded:
+            lines.append("images: found on disk, not decoded (unreadable ones drop at load time)")
+        if self.text.get("enabled"):
+            t = self.text
+            lines.append(
+                f"text preparation: {t['kept']} explanations kept, {t['too_short']} under "
+                f"{t['min_tokens']} tokens, {t['too_long']} over {t['max_tokens']} tokens"
+            )
+        lines.append("emotions: " + ", ".join(f"{k} {v}" for k, v in self.emotion_counts.items()))
+        return "\n".join(lines)
+
+
+@dataclass
+class ArtemisData:
+    """Kept paintings with their splits, and the report of how they were read."""
+
+    paintings: list[Painting]
+    report: DataReport
+
+    def split(self, name: str) -> list[Painting]:
+        if name not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {name!r}")
+        return [p for p in self.paintings if p.split == name]
+
+
+def split_paintings(
+    keys: Iterable[str], seed: int = 0, fractions: tuple[float, float, float] = (0.85, 0.05, 0.10)
+) -> dict[str, str]:
+    """Painting key -> split, by a seeded shuffle of the sorted keys: independent of row order.
+
+    Every split gets at least one painting once there are three or more.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(
+            f"split fractions must be three non-negative numbers summing to 1: {fractions}"
+        )
+    ordered = sorted(set(keys))
+    random.Random(seed).shuffle(ordered)
+    n = len(ordered)
+    n_val = round(n * fractions[1])
+    n_test = round(n * fractions[2])
+    if n >= 3:
+        n_val, n_test = max(n_val, 1), max(n_test, 1)
+    n_train = n - n_val - n_test
+    return {
+        key: "train" if i < n_train else "val" if i < n_train + n_val else "test"
+        for i, key in enumerate(ordered)
+    }
+
+
+def load_artemis(
+    source: DataSource,
+    *,
+    seed: int = 0,
+    split_fractions: tuple[float, float, float] = (0.85, 0.05, 0.10),
+    decode_images: bool = False,
+    prep: UtterancePrep | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ArtemisData:
+    """Read a source, check every row, group kept rows by painting, split, prepare the text.
+
+    ``decode_images`` decodes every referenced image once (``sevlm data check``); without
+    it, images are only found on disk and undecodable ones are dropped later, when loaded.
+    """
+    prep = prep or UtterancePrep()
+    index = ImageIndex(source.images)
+    skipped: Counter[str] = Counter()
+    examples: dict[str, list[dict]] = {}
+    paintings: dict[str, Painting] = {}
+    rows_total = 0
+
+    def skip(reason: str, row: dict) -> None:
+        skipped[reason] += 1
+        if len(examples.setdefault(reason, [])) < 5:
+            keep = ("_line", "art_style", "painting", "emotion")
+            examples[reason].append({k.lstrip("_"): row.get(k) for k in keep})
+
+    for row in iter_source_rows(source, seed):
+        rows_total += 1
+        emotion = normalize_emotion(row.get("emotion"))
+        utterance = row.get("utterance") or ""
+        if emotion is None:
+            skip("unknown_emotion", row)
+            continue
+        if not utterance.strip():
+            skip("empty_utterance", row)
+            continue
+        style, name = row.get("art_style") or "", row.get("painting") or ""
+        key = painting_key(style, name)
+        if key not in paintings:
+            image, reason = index.locate(style, name)
+            if reason is not None:
+                skip(reason, row)
+                continue
+            paintings[key] = Painting(style, name, image)
+        paintings[key].annotations.append(Annotation(emotion, " ".join(utterance.split())))
+
+    if decode_images:
+        for key in _unreadable(list(paintings.values()), progress):
+            for _ in paintings[key].annotations:
+                skip(
+                    "unreadable_image",
+                    {"art_style": paintings[key].art_style, "painting": paintings[key].painting},
+                )
+            del paintings[key]
+
+    kept = sorted(paintings.values(), key=lambda p: p.key)
+    for key, split in split_paintings(paintings, seed, split_fractions).items():
+        paintings[key].split = split
+    text_report = prepare_text(kept, prep)
+    emotion_counts = Counter(a.emotion for p in kept for a in p.annotations)
+    report = DataReport(
+        source=source.describe(),
+        rows_total=rows_total,
+        rows_kept=sum(len(p.annotations) for p in kept),
+        paintings_kept=len(kept),
+        skipped={r: skipped[r] for r in SKIP_REASONS},
+        splits={s: sum(p.split == s for p in kept) for s in SPLITS},
+        emotion_counts={e: emotion_counts[e] for e in EMOTIONS},
+        images_decoded=decode_images,
+        text=text_report,
+        skipped_examples=examples,
+    )
+    return ArtemisData(kept, report)
+
+
+def _unreadable(paintings: list[Painting], progress: Callable[[str], None] | None) -> list[str]:
+    """Keys of paintings whose image does not decode; decodes in threads (PIL frees the GIL)."""
+    bad: list[str] = []
+    started = last = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        results = pool.map(check_image, (p.image for p in paintings), chunksize=64)
+        for i, (painting, ok) in enumerate(zip(paintings, results, strict=True), start=1):
+            if not ok:
+                bad.append(painting.key)
+            now = time.monotonic()
+            if progress is not None and (now - last > 5 or i == len(paintings)):
+                last = now
+                rate = i / max(now - started, 1e-9)
+                progress(
+                    f"decoded {i}/{len(paintings)} images ({rate:.0f}/s), {len(bad)} unreadable"
+                )
+    return bad
+
+
+def prepare_text(paintings: list[Painting], prep: UtterancePrep) -> dict:
+    """Set each annotation's training text; the length limit comes from the training split."""
+    tokens = {id(a): prep.clean(a.utterance) for p in paintings for a in p.annotations}
+    train_lengths = [
+        len(tokens[id(a)]) for p in paintings if p.split == "train" for a in p.annotations
+    ]
+    max_tokens = prep.max_tokens(train_lengths)
+    verdicts: Counter[str] = Counter()
+    for p in paintings:
+        for a in p.annotations:
+            words = tokens[id(a)]
+            verdict = prep.verdict(len(words), max_tokens)
+            verdicts[verdict or "kept"] += 1
+            a.text = " ".join(words) if verdict is None and words else None
+    return {
+        "enabled": prep.enabled,
+        "min_tokens": prep.min_tokens,
+        "max_percentile": prep.max_percentile,
+        "max_tokens": max_tokens,
+        "kept": verdicts["kept"],
+        "too_short": verdicts["too_short"],
+        "too_long": verdicts["too_long"],
+    }

@@ -1,0 +1,122 @@
+"""Batch transforms from painting records to model inputs, with no Ray.
+
+A painting record is a row of :func:`painting_records`: ``key, art_style, painting, image,
+emotions, texts``. The Ray Data pipeline maps these same functions over its blocks; tests and
+single-process runs call them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from sevlm.artemis import Painting
+from sevlm.images import CLIP_MEAN, CLIP_STD, ImageTransform
+from sevlm.lexicon import VADLexicon, read_lexicon
+from sevlm.sequences import SequenceBuilder, encode_pair
+from sevlm.tokenizer import OFFLINE_GPT2, load_tokenizer
+
+
+@dataclass(frozen=True)
+class ExampleConfig:
+    """How painting records become model inputs."""
+
+    image_size: int = 224
+    """Image height and width fed to the encoder."""
+    mean: tuple[float, float, float] = CLIP_MEAN
+    """Normalization mean: the encoder's own preprocessing statistics."""
+    std: tuple[float, float, float] = CLIP_STD
+    """Normalization standard deviation, likewise."""
+    max_len: int = 30
+    """Sequence length in tokens, ``<bos>`` to ``<eos>``, padded."""
+    tokenizer: str = OFFLINE_GPT2
+    """Tokenizer name or folder (see :func:`sevlm.tokenizer.load_tokenizer`)."""
+    lexicon: str | None = None
+    """NRC-VAD file; None gives every token zero VAD."""
+    seed: int = 0
+    """Seed of the per-epoch annotation pairing."""
+
+    def __post_init__(self) -> None:
+        ImageTransform(self.image_size, self.mean, self.std)  # validates the image fields
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+
+    @property
+    def transform(self) -> ImageTransform:
+        return ImageTransform(self.image_size, self.mean, self.std)
+
+
+@lru_cache(maxsize=4)
+def sequence_builder(tokenizer: str, lexicon: str | None, max_len: int) -> SequenceBuilder:
+    """One builder per process and setting: tokenizer and lexicon are read once."""
+    lex = read_lexicon(lexicon) if lexicon else VADLexicon({})
+    return SequenceBuilder(load_tokenizer(tokenizer), lex, max_len)
+
+
+def painting_records(paintings: list[Painting]) -> dict[str, list]:
+    """Columns of painting records; only annotations that have training text are kept."""
+    rows = [p for p in paintings if any(a.text for a in p.annotations)]
+    return {
+        "key": [p.key for p in rows],
+        "art_style": [p.art_style for p in rows],
+        "painting": [p.painting for p in rows],
+        "image": [str(p.image) for p in rows],
+        "emotions": [[a.emotion for a in p.annotations if a.text] for p in rows],
+        "texts": [[a.text for a in p.annotations if a.text] for p in rows],
+    }
+
+
+def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, int]:
+    """Add ``pixel_values`` ``[B, 3, S, S]``; rows whose image fails to decode are dropped.
+
+    Returns the batch and how many rows were dropped.
+    """
+    transform = config.transform
+    pixels, keep = [], []
+    for i, path in enumerate(batch["image"]):
+        try:
+            pixels.append(transform.load(Path(path)))
+            keep.append(i)
+        except Exception:  # any decode failure: counted by the caller, never fatal
+            continue
+    out = {k: _take(v, keep) for k, v in batch.items()}
+    size = config.image_size
+    out["pixel_values"] = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.float32)
+    return out, len(batch["image"]) - len(keep)
+
+
+def encode_batch(batch: dict, config: ExampleConfig, epoch: int) -> dict:
+    """Add the paired sequences of each row for ``epoch`` (see :func:`encode_pair`)."""
+    builder = sequence_builder(config.tokenizer, config.lexicon, config.max_len)
+    pairs = [
+        encode_pair(builder, list(emotions), list(texts), str(key), epoch, config.seed)
+        for key, emotions, texts in zip(
+            batch["key"], batch["emotions"], batch["texts"], strict=True
+        )
+    ]
+    out = dict(batch)
+    for name in ("input_ids", "labels", "segment_ids", "vad", "vad_mask", "emotion", "has_pair"):
+        out[name] = np.stack([p[name] for p in pairs]) if pairs else np.zeros((0,))
+    return out
+
+
+def iter_batches(
+    paintings: list[Painting], config: ExampleConfig, batch_size: int, epoch: int = 0
+) -> Iterator[dict]:
+    """Model-input batches in one process: the pipeline's transforms without Ray."""
+    records = painting_records(paintings)
+    for start in range(0, len(records["key"]), batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in records.items()}
+        decoded, _ = decode_batch(batch, config)
+        if len(decoded["key"]):
+            yield encode_batch(decoded, config, epoch)
+
+
+def _take(values, index: list[int]):
+    if isinstance(values, np.ndarray):
+        return values[index]
+    return [values[i] for i in index]

@@ -1,0 +1,87 @@
+"""Image decoding and preprocessing, with no Ray: the same functions serve tests and pipelines.
+
+Any mode PIL reads (grayscale, CMYK, palette, RGBA, 16-bit) becomes RGB; transparency is laid
+on white. The file's bytes decide the format, so PNG bytes behind a ``.jpg`` name are fine.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The image in RGB; alpha (also a palette's transparency) is composited onto white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        scaled = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if scaled.max() > 255 else 255.0
+        return Image.fromarray((scaled / peak * 255).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(source: Path | str | bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode a file (or its bytes) to RGB. ``draft_size`` lets JPEG decode at reduced scale."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        if draft_size is not None:
+            image.draft("RGB", (draft_size, draft_size))
+        image.load()
+        return to_rgb(image)
+
+
+def check_image(path: Path | str) -> bool:
+    """Whether the file decodes as an image (a full decode, at reduced scale for JPEG)."""
+    try:
+        load_rgb(path, draft_size=256)
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Resize the shorter side to ``size`` (bicubic), centre-crop, scale to [0, 1], normalize."""
+
+    size: int = 224
+    """Output height and width in pixels."""
+    mean: tuple[float, float, float] = CLIP_MEAN
+    """Per-channel mean: the image encoder's own preprocessing statistics (CLIP's by default)."""
+    std: tuple[float, float, float] = CLIP_STD
+    """Per-channel standard deviation, likewise."""
+
+    def __post_init__(self) -> None:
+        if self.size < 8:
+            raise ValueError(f"image size must be >= 8, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError("mean and std need three values each, std > 0")
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """A float32 array ``[3, size, size]``."""
+        image = to_rgb(image)
+        w, h = image.size
+        scale = self.size / min(w, h)
+        new_w, new_h = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
+        image = image.crop((left, top, left + self.size, top + self.size))
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def load(self, path: Path | str) -> np.ndarray:
+        """Decode and transform a file (JPEG decodes at reduced scale when far larger)."""
+        return self(load_rgb(path, draft_size=2 * self.size))

@@ -1,0 +1,72 @@
+"""The Ray Data pipeline: dataset splits -> Ray Datasets of model inputs.
+
+Painting records go to Ray Data through ``ray.data.from_huggingface``; decoding and tokenizing
+are ``map_batches`` stages with fractional CPUs, so they share a small machine with training
+workers. Images that fail to decode are dropped and counted by a zero-CPU actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import ray
+
+from sevlm.artemis import SPLITS, ArtemisData
+from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
+
+
+@ray.remote(num_cpus=0)
+class DropCounter:
+    """Counts rows the pipeline drops, by reason, across every task on every node."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, reason: str, n: int) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + n
+
+    def get(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+@dataclass
+class Pipeline:
+    """Ray Datasets per split, and the counter of what their decoding dropped."""
+
+    datasets: dict[str, ray.data.Dataset]
+    counter: ray.actor.ActorHandle
+
+    def dropped(self) -> dict[str, int]:
+        """Rows dropped so far (the counts grow as the datasets are consumed)."""
+        return ray.get(self.counter.get.remote())
+
+
+def build_pipeline(
+    data: ArtemisData,
+    config: ExampleConfig,
+    *,
+    epoch: int = 0,
+    splits: tuple[str, ...] = SPLITS,
+    batch_size: int = 32,
+    num_cpus: float = 0.25,
+) -> Pipeline:
+    """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``."""
+    counter = DropCounter.remote()
+
+    def decode(batch: dict) -> dict:
+        out, n_failed = decode_batch(batch, config)
+        if n_failed:
+            ray.get(counter.add.remote("unreadable_image", n_failed))
+        return out
+
+    def encode(batch: dict) -> dict:
+        return encode_batch(batch, config, epoch)
+
+    result = {}
+    for split in splits:
+        table = datasets.Dataset.from_dict(painting_records(data.split(split)))
+        ds = ray.data.from_huggingface(table)
+        opts = {"batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus}
+        result[split] = ds.map_batches(decode, **opts).map_batches(encode, **opts)
+    return Pipeline(result, counter)
