@@ -354,7 +354,7 @@ def split_paintings(
 ) -> dict[str, str]:
     """Painting key -> split, by a seeded shuffle of the sorted keys: independent of row order.
 
-    Every split gets at least one painting once there are three or more.
+    Every split with a non-zero fraction gets a painting once there are three or more.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(
@@ -365,8 +365,9 @@ def split_paintings(
     n = len(ordered)
     n_val = round(n * fractions[1])
     n_test = round(n * fractions[2])
-    if n >= 3:
-        n_val, n_test = max(n_val, 1), max(n_test, 1)
+    if n >= 3:  # a split asked for is never empty
+        n_val = max(n_val, 1) if fractions[1] > 0 else 0
+        n_test = max(n_test, 1) if fractions[2] > 0 else 0
     n_train = n - n_val - n_test
     return {
         key: "train" if i < n_train else "val" if i < n_train + n_val else "test"

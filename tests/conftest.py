@@ -1,0 +1,54 @@
+"""Shared fixtures: the embedded sample and a tiny hand-made ArtEmis folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+# Tests never reach a model hub: fail fast instead of retrying a network that is not there.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+from PIL import Image
+
+from sevlm.artemis import IMAGES_DIR_NAME, V1_CSV_NAME
+from sevlm.sample import SampleSummary, write_sample
+
+HEADER = ("art_style", "painting", "emotion", "utterance", "repetition")
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleSummary:
+    """The default embedded sample, written once per test session (read-only for tests)."""
+    return write_sample(tmp_path_factory.mktemp("sample"))
+
+
+def write_csv(path: Path, rows: list[tuple], header: tuple[str, ...] = HEADER) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_image(path: Path, mode: str = "RGB", fmt: str = "JPEG", size: int = 16) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colour = {"RGB": (200, 30, 30), "L": 128, "CMYK": (0, 200, 200, 0), "RGBA": (9, 9, 9, 0)}
+    image = Image.new(mode if mode != "P" else "RGB", (size, size), colour.get(mode, (1, 2, 3)))
+    if mode == "P":
+        image = image.convert("P")
+    image.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def artemis_dir(tmp_path: Path) -> Path:
+    """An empty folder in the ArtEmis layout; tests add images and write the CSV."""
+    (tmp_path / IMAGES_DIR_NAME).mkdir()
+    return tmp_path
+
+
+def csv_path(root: Path) -> Path:
+    return root / V1_CSV_NAME

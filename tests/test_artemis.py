@@ -1,0 +1,284 @@
+"""The ArtEmis reader: skip reasons, image modes, Unicode forms, quoting, splits, variants."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+from conftest import csv_path, write_csv, write_image
+
+from sevlm.artemis import (
+    SKIP_REASONS,
+    DataError,
+    DataSource,
+    iter_source_rows,
+    load_artemis,
+    read_csv_rows,
+    split_paintings,
+)
+from sevlm.text import UtterancePrep
+
+GOOD = "the red strokes in this painting make me feel furious and tense"
+
+
+def load(root: Path, rows: list[tuple], decode: bool = True, **kwargs):
+    write_csv(csv_path(root), rows)
+    return load_artemis(DataSource.resolve(data=str(root)), decode_images=decode, **kwargs)
+
+
+def test_each_skip_reason_counted_once(artemis_dir: Path) -> None:
+    images = artemis_dir / "wikiart"
+    write_image(images / "Cubism" / "ok.jpg")
+    write_image(images / "Cubism" / "also-ok.jpg")
+    (images / "Cubism" / "broken.jpg").write_bytes(b"not an image at all")
+    (images / "Cubism" / "truncated.jpg").write_bytes(
+        (images / "Cubism" / "ok.jpg").read_bytes()[:60]
+    )
+    write_image(artemis_dir / "outside.jpg")
+    rows = [
+        ("Cubism", "ok", "anger", GOOD, 1),
+        ("Cubism", "ok", "joy", GOOD, 1),  # unknown_emotion
+        ("Cubism", "ok", "", GOOD, 1),  # unknown_emotion
+        ("Cubism", "ok", "awe", "   ", 1),  # empty_utterance
+        ("Cubism", "ok", "awe", "", 1),  # empty_utterance
+        ("..", "outside", "awe", GOOD, 1),  # invalid_path
+        ("Cubism", "../../outside", "awe", GOOD, 1),  # invalid_path
+        ("/etc", "passwd", "awe", GOOD, 1),  # invalid_path
+        ("", "ok", "awe", GOOD, 1),  # invalid_path (no style)
+        ("Cubism", "nowhere", "awe", GOOD, 1),  # missing_image
+        ("Baroque", "ok", "awe", GOOD, 1),  # missing_image (no such style)
+        ("Cubism", "broken", "awe", GOOD, 1),  # unreadable_image
+        ("Cubism", "broken", "fear", GOOD, 1),  # unreadable_image
+        ("Cubism", "truncated", "fear", GOOD, 1),  # unreadable_image
+        ("Cubism", "also-ok", " Fear ", GOOD, 1),
+    ]
+    report = load(artemis_dir, rows).report
+    assert report.skipped == {
+        "unknown_emotion": 2,
+        "empty_utterance": 2,
+        "invalid_path": 4,
+        "missing_image": 2,
+        "unreadable_image": 3,
+    }
+    assert report.rows_total == len(rows)
+    assert report.rows_kept == 2
+    assert report.rows_kept + sum(report.skipped.values()) == report.rows_total
+    assert report.paintings_kept == 2
+    assert report.emotion_counts["anger"] == 1 and report.emotion_counts["fear"] == 1
+    assert set(report.skipped) == set(SKIP_REASONS)
+    assert report.skipped_examples["missing_image"][0]["painting"] == "nowhere"
+
+
+def test_symlink_out_of_root_is_invalid_path(artemis_dir: Path, tmp_path_factory) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    write_image(elsewhere / "secret.jpg")
+    (artemis_dir / "wikiart" / "Cubism").mkdir()
+    os.symlink(elsewhere / "secret.jpg", artemis_dir / "wikiart" / "Cubism" / "secret.jpg")
+    report = load(artemis_dir, [("Cubism", "secret", "awe", GOOD, 1)]).report
+    assert report.skipped["invalid_path"] == 1 and report.rows_kept == 0
+
+
+def test_without_decoding_unreadable_images_are_not_checked(artemis_dir: Path) -> None:
+    (artemis_dir / "wikiart" / "Cubism").mkdir()
+    (artemis_dir / "wikiart" / "Cubism" / "broken.jpg").write_bytes(b"junk")
+    report = load(artemis_dir, [("Cubism", "broken", "awe", GOOD, 1)], decode=False).report
+    assert report.rows_kept == 1 and not report.images_decoded
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("RGB", "PNG"),
+        ("RGB", "JPEG"),
+    ],
+)
+def test_image_modes_are_valid(artemis_dir: Path, mode: str, fmt: str) -> None:
+    # PNG bytes are written behind the .jpg name: the bytes decide the format.
+    write_image(artemis_dir / "wikiart" / "Realism" / "p.jpg", mode=mode, fmt=fmt)
+    data = load(artemis_dir, [("Realism", "p", "awe", GOOD, 1)])
+    assert data.report.rows_kept == 1
+
+
+@pytest.mark.parametrize(("csv_form", "disk_form"), [("NFC", "NFD"), ("NFD", "NFC")])
+def test_unicode_normal_forms_resolve(artemis_dir: Path, csv_form: str, disk_form: str) -> None:
+    name, style = "paul-cézanne_still-life-with-apples", "Post_Impressionism_é"
+    on_disk = artemis_dir / "wikiart" / unicodedata.normalize(disk_form, style)
+    write_image(on_disk / (unicodedata.normalize(disk_form, name) + ".jpg"))
+    in_csv = (unicodedata.normalize(csv_form, style), unicodedata.normalize(csv_form, name))
+    assert not (artemis_dir / "wikiart" / in_csv[0] / (in_csv[1] + ".jpg")).exists()
+    rows = [(*in_csv, "awe", GOOD, 2), (*in_csv, "fear", GOOD, 2)]
+    data = load(artemis_dir, rows)
+    assert data.report.rows_kept == 2 and data.report.paintings_kept == 1
+    assert data.paintings[0].image.is_file()
+
+
+def test_csv_quoting(artemis_dir: Path) -> None:
+    write_image(artemis_dir / "wikiart" / "Baroque" / "a.jpg")
+    tricky = 'it says "stop", and then,\non a new line, it is sad'
+    rows = [("Baroque", "a", "sadness", tricky, 2), ("Baroque", "a", "awe", GOOD, 2)]
+    data = load(artemis_dir, rows, prep=UtterancePrep(enabled=False))
+    by_emotion = {a.emotion: a.utterance for a in data.paintings[0].annotations}
+    assert by_emotion["sadness"] == 'it says "stop", and then, on a new line, it is sad'
+    raw = list(read_csv_rows(csv_path(artemis_dir)))
+    assert raw[0]["utterance"] == tricky and len(raw) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("art_style,painting,utterance\nA,b,c\n", "missing required column(s) emotion"),
+        ("", "empty file"),
+        ('{"json": "not csv"}\n', "missing required column(s)"),
+    ],
+)
+def test_malformed_csv_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=re.escape(message)) as err:
+        list(read_csv_rows(path))
+    assert str(path) in str(err.value)
+
+
+def test_binary_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "image.csv"
+    write_image(path.with_suffix(".png"), fmt="PNG")
+    path.write_bytes(path.with_suffix(".png").read_bytes())
+    with pytest.raises(DataError, match=str(path)):
+        list(read_csv_rows(path))
+
+
+def test_missing_csv_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot open"):
+        list(read_csv_rows(tmp_path / "nope.csv"))
+
+
+def test_source_needs_images_and_annotations(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no images root"):
+        DataSource.resolve(csv=tmp_path / "a.csv")
+    with pytest.raises(DataError, match="not a folder"):
+        DataSource.resolve(data=str(tmp_path / "missing"))
+
+
+def test_split_is_deterministic_and_independent_of_row_order(sample) -> None:
+    source = DataSource.resolve(data=str(sample.out))
+    first = {p.key: p.split for p in load_artemis(source).paintings}
+    rows = list(read_csv_rows(sample.csv))
+    random.Random(7).shuffle(rows)
+    shuffled_dir = sample.out.parent / "shuffled"
+    shuffled_dir.mkdir(exist_ok=True)
+    shuffled = write_csv(
+        shuffled_dir / "rows.csv",
+        [
+            tuple(r[c] for c in ("art_style", "painting", "emotion", "utterance", "repetition"))
+            for r in rows
+        ],
+    )
+    again = load_artemis(DataSource.resolve(csv=shuffled, images=sample.images))
+    assert {p.key: p.split for p in again.paintings} == first
+    other_seed = load_artemis(source, seed=1)
+    assert {p.key: p.split for p in other_seed.paintings} != first
+
+
+def test_split_fractions() -> None:
+    keys = [f"s/p{i}" for i in range(1000)]
+    splits = split_paintings(keys, seed=3)
+    counts = {s: sum(v == s for v in splits.values()) for s in ("train", "val", "test")}
+    assert counts == {"train": 850, "val": 50, "test": 100}
+    assert split_paintings(reversed(keys), seed=3) == splits
+    tiny = split_paintings(["a", "b", "c"])
+    assert sorted(tiny.values()) == ["test", "train", "val"]
+    with pytest.raises(ValueError, match="summing to 1"):
+        split_paintings(keys, fractions=(0.5, 0.2, 0.2))
+
+
+def test_all_annotations_of_a_painting_share_a_split(sample) -> None:
+    data = load_artemis(DataSource.resolve(data=str(sample.out)))
+    assert data.report.splits == {s: len(data.split(s)) for s in ("train", "val", "test")}
+    assert sum(data.report.splits.values()) == data.report.paintings_kept == sample.paintings
+
+
+def test_text_preparation_is_reported_apart_from_validity(artemis_dir: Path) -> None:
+    for i in range(20):
+        write_image(artemis_dir / "wikiart" / "Cubism" / f"p{i}.jpg")
+    rows = [("Cubism", f"p{i}", "awe", " ".join(["word"] * (6 + i)), 1) for i in range(20)]
+    rows.append(("Cubism", "p0", "fear", "Too short!", 1))
+    data = load(artemis_dir, rows, split_fractions=(1.0, 0.0, 0.0))
+    text = data.report.text
+    assert data.report.rows_kept == 21 and sum(data.report.skipped.values()) == 0
+    assert text["too_short"] == 1 and text["max_tokens"] == 24  # nearest-rank 95th of 6..25
+    assert text["too_long"] == 1 and text["kept"] == 19
+    short = next(a for a in data.paintings[0].annotations if a.emotion == "fear")
+    assert short.text is None
+    off = load(artemis_dir, rows, prep=UtterancePrep(enabled=False)).report.text
+    assert off["kept"] == 21 and off["too_long"] == 0
+
+
+def _contrastive(root: Path, n: int) -> Path:
+    rows = [("Cubism", f"c{i}", "awe", f"{GOOD} {i}", 1, f"c{(i + 1) % n}") for i in range(n)]
+    header = ("art_style", "painting", "emotion", "utterance", "repetition", "anchor_painting")
+    return write_csv(root / "Contrastive.csv", rows, header)
+
+
+def test_contrastive_and_combined_variants(artemis_dir: Path) -> None:
+    for i in range(10):
+        write_image(artemis_dir / "wikiart" / "Cubism" / f"c{i}.jpg")
+        write_image(artemis_dir / "wikiart" / "Cubism" / f"v{i}.jpg")
+    write_csv(csv_path(artemis_dir), [("Cubism", f"v{i}", "fear", GOOD, 3) for i in range(10)] * 3)
+    _contrastive(artemis_dir, 8)
+    root = str(artemis_dir)
+    contrastive = load_artemis(DataSource.resolve(data=root, variant="contrastive")).report
+    assert contrastive.rows_total == 8 and contrastive.emotion_counts["awe"] == 8
+    combined = load_artemis(DataSource.resolve(data=root, variant="combined"), seed=5).report
+    assert combined.rows_total == 16
+    assert combined.emotion_counts == {**combined.emotion_counts, "awe": 8, "fear": 8}
+    source = DataSource.resolve(data=root, variant="combined")
+    v1_lines = lambda seed: [r["_line"] for r in iter_source_rows(source, seed)][8:]  # noqa: E731
+    assert v1_lines(5) == v1_lines(5) and len(set(v1_lines(5))) == 8
+    assert v1_lines(5) != v1_lines(6)  # 8 of 30 rows: equal draws have odds 1 in 5.8 million
+
+
+def test_contrastive_file_needs_anchor_column(artemis_dir: Path) -> None:
+    write_csv(artemis_dir / "Contrastive.csv", [("Cubism", "c", "awe", GOOD, 1)])
+    source = DataSource.resolve(data=str(artemis_dir), variant="contrastive")
+    with pytest.raises(DataError, match="anchor_painting"):
+        load_artemis(source)
+
+
+def test_hugging_face_dataset_saved_locally(sample, tmp_path: Path) -> None:
+    import datasets
+
+    rows = list(read_csv_rows(sample.csv))
+    columns = ("art_style", "painting", "emotion", "utterance", "repetition")
+    table = {c: [r[c] for r in rows] for c in columns}
+    table["repetition"] = [int(x) for x in table["repetition"]]
+    half = len(rows) // 2
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({k: v[:half] for k, v in table.items()}),
+            "test": datasets.Dataset.from_dict({k: v[half:] for k, v in table.items()}),
+        }
+    )
+    dd.save_to_disk(tmp_path / "hf")
+    from_hf = load_artemis(DataSource.resolve(data=str(tmp_path / "hf"), images=sample.images))
+    from_csv = load_artemis(DataSource.resolve(data=str(sample.out)))
+    assert from_hf.report.rows_total == len(rows)
+    assert from_hf.report.skipped == from_csv.report.skipped
+    assert {p.key: p.split for p in from_hf.paintings} == {
+        p.key: p.split for p in from_csv.paintings
+    }
+
+
+def test_hugging_face_dataset_missing_columns(tmp_path: Path, sample) -> None:
+    import datasets
+
+    datasets.Dataset.from_dict({"painting": ["a"]}).save_to_disk(tmp_path / "hf")
+    with pytest.raises(DataError, match="missing required column"):
+        load_artemis(DataSource.resolve(data=str(tmp_path / "hf"), images=sample.images))
