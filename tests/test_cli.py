@@ -1,0 +1,77 @@
+"""The command line: sevlm data sample / data check, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_csv
+
+from sevlm.artemis import SKIP_REASONS
+from sevlm.cli import main
+
+REPORT_KEYS = {"rows_total", "rows_kept", "paintings_kept", "skipped", "splits", "emotion_counts"}
+
+
+def test_sample_then_check(tmp_path: Path, capsys) -> None:
+    assert main(["data", "sample", "--out", str(tmp_path / "s"), "--paintings", "30"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    report_path = tmp_path / "r" / "report.json"
+    assert main(["data", "check", "--data", str(tmp_path / "s"), "--report", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    report = json.loads(report_path.read_text())
+    assert set(report) >= REPORT_KEYS
+    assert set(report["skipped"]) == set(SKIP_REASONS)
+    assert report["paintings_kept"] == 30 and sum(report["splits"].values()) == 30
+    assert report["rows_kept"] == report["rows_total"] > 0
+    assert f"{report['rows_total']} read" in out and "lexicon:" in out
+
+
+def test_check_with_explicit_paths_and_skips(tmp_path: Path, sample, capsys) -> None:
+    rows = [
+        ("Baroque", "nope", "awe", "the tall dark mountain makes me feel small", 1),
+        ("Baroque", "nope", "bliss", "the tall dark mountain makes me feel small", 1),
+    ]
+    rows += [tuple(line) for line in _sample_rows(sample)[:10]]
+    csv_file = write_csv(tmp_path / "rows.csv", rows)
+    report_path = tmp_path / "report.json"
+    code = main(
+        ["data", "check", "--csv", str(csv_file), "--images", str(sample.images),
+         "--report", str(report_path)]
+    )  # fmt: skip
+    assert code == 0  # usable data: skipped rows do not fail the check
+    report = json.loads(report_path.read_text())
+    assert report["skipped"]["missing_image"] == 1 and report["skipped"]["unknown_emotion"] == 1
+    assert report["rows_kept"] == 10
+    assert "skipped: unknown_emotion 1, missing_image 1" in capsys.readouterr().out
+
+
+def test_malformed_csv_exits_with_clear_error(tmp_path: Path, sample, capsys) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("painting,emotion\nx,awe\n")
+    code = main(["data", "check", "--csv", str(bad), "--images", str(sample.images)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "missing required column(s) art_style, utterance" in err
+
+
+def test_no_usable_rows_fails(tmp_path: Path, sample) -> None:
+    csv_file = write_csv(tmp_path / "rows.csv", [("Baroque", "nope", "awe", "x y z", 1)])
+    assert main(["data", "check", "--csv", str(csv_file), "--images", str(sample.images)]) == 1
+
+
+def test_console_script_help() -> None:
+    sevlm = Path(sys.executable).parent / "sevlm"
+    done = subprocess.run([sevlm, "data", "check", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for flag in ("--data", "--csv", "--images", "--lexicon", "--report"):
+        assert flag in done.stdout
+
+
+def _sample_rows(sample) -> list[list[str]]:
+    import csv
+
+    with open(sample.csv, newline="", encoding="utf-8") as f:
+        return list(csv.reader(f))[1:]

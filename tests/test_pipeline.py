@@ -1,0 +1,67 @@
+"""The Ray Data pipeline gives what the plain transforms give, and counts what it drops."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sevlm.artemis import DataSource, load_artemis
+from sevlm.examples import ExampleConfig, iter_batches
+
+CONFIG = ExampleConfig(image_size=32, max_len=30)
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory: pytest.TempPathFactory):
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+    )
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _collect(dataset) -> dict[str, np.ndarray]:
+    rows = sorted(dataset.take_all(), key=lambda r: r["key"])
+    return {k: np.stack([r[k] for r in rows]) for k in ("input_ids", "pixel_values", "has_pair")}
+
+
+def test_pipeline_matches_plain_transforms(ray_local, sample) -> None:
+    from sevlm.pipeline import build_pipeline
+
+    source = DataSource.resolve(data=str(sample.out))
+    data = load_artemis(source)
+    config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
+    pipeline = build_pipeline(data, config, epoch=2, splits=("val", "test"), batch_size=8)
+    got = _collect(pipeline.datasets["val"])
+    plain = [b for b in iter_batches(data.split("val"), config, batch_size=5, epoch=2)]
+    order = np.argsort(np.concatenate([b["key"] for b in plain]))
+    for name in ("input_ids", "pixel_values", "has_pair"):
+        expected = np.concatenate([b[name] for b in plain])[order]
+        np.testing.assert_array_equal(got[name], expected)
+    assert got["pixel_values"].shape[1:] == (3, 32, 32)
+    assert got["input_ids"].shape[1:] == (2, 30)
+    assert pipeline.datasets["test"].count() == len(data.split("test"))
+    assert pipeline.dropped() == {}
+
+
+def test_undecodable_images_are_dropped_and_counted(ray_local, sample, tmp_path: Path) -> None:
+    from sevlm.pipeline import build_pipeline
+
+    copy = tmp_path / "sample"
+    shutil.copytree(sample.out, copy)
+    data = load_artemis(DataSource.resolve(data=str(copy)))  # found on disk, not decoded
+    val = data.split("val")
+    for painting in val[:3]:
+        painting.image.write_bytes(b"corrupted after the check")
+    pipeline = build_pipeline(data, CONFIG, splits=("val",), batch_size=4)
+    assert pipeline.datasets["val"].count() == len(val) - 3
+    assert pipeline.dropped() == {"unreadable_image": 3}
