@@ -309,6 +309,8 @@ class DataReport:
     """The utterance preparation: kept, too_short, too_long, max_tokens (apart from validity)."""
     skipped_examples: dict[str, list[dict]] = field(default_factory=dict)
     """Up to five skipped rows per reason (line, art_style, painting), to find them."""
+    lexicon: dict = field(default_factory=dict)
+    """The lexicon's file, hash and size, and its coverage of the kept explanations."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -333,6 +335,12 @@ class DataReport:
                 f"{t['min_tokens']} tokens, {t['too_long']} over {t['max_tokens']} tokens"
             )
         lines.append("emotions: " + ", ".join(f"{k} {v}" for k, v in self.emotion_counts.items()))
+        if self.lexicon:
+            c = self.lexicon["coverage"]
+            lines.append(
+                f"lexicon: {self.lexicon['entries']} entries, knows {c['known']} of "
+                f"{c['words']} explanation words ({c['share']:.0%})"
+            )
         return "\n".join(lines)
 
 

@@ -74,9 +74,7 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     source = source_from_args(args)
-    if source.lexicon is not None:
-        lexicon = read_lexicon(source.lexicon)
-        print(f"lexicon: {len(lexicon)} words from {source.lexicon}")
+    lexicon = read_lexicon(source.lexicon) if source.lexicon is not None else None
     started = time.perf_counter()
     data = load_artemis(
         source,
@@ -86,6 +84,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         progress=_progress,
     )
     report = data.report
+    if lexicon is not None:
+        texts = (a.text or a.utterance for p in data.paintings for a in p.annotations)
+        report.lexicon = {**lexicon.describe(), "coverage": lexicon.coverage(texts)}
     print(report.summary())
     print(f"checked in {time.perf_counter() - started:.1f} s")
     if args.report is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,6 +60,18 @@ class VADLexicon:
                 vad[i] = words[w][2]
                 known[i] = True
         return vad, known
+
+    def coverage(self, texts: Iterable[str]) -> dict[str, float | int]:
+        """How much of ``texts`` the lexicon knows: word tokens, known ones, their share."""
+        words = known = 0
+        for text in texts:
+            for m in _WORD.finditer(text):
+                words += 1
+                known += self.get(m.group(0)) is not None
+        return {"words": words, "known": known, "share": known / words if words else 0.0}
+
+    def describe(self) -> dict[str, str | int]:
+        return {"source": self.source, "sha256": self.sha256, "entries": len(self.table)}
 
     def text_vad(self, text: str) -> np.ndarray | None:
         """Mean VAD over the words of ``text`` the lexicon knows, or None when it knows none."""

@@ -27,6 +27,8 @@ def test_sample_then_check(tmp_path: Path, capsys) -> None:
     assert report["paintings_kept"] == 30 and sum(report["splits"].values()) == 30
     assert report["rows_kept"] == report["rows_total"] > 0
     assert f"{report['rows_total']} read" in out and "lexicon:" in out
+    coverage = report["lexicon"]["coverage"]
+    assert 0 < coverage["known"] < coverage["words"] and report["lexicon"]["entries"] > 100
 
 
 def test_check_with_explicit_paths_and_skips(tmp_path: Path, sample, capsys) -> None:

@@ -104,3 +104,9 @@ def test_text_vad_mean() -> None:
     lexicon = VADLexicon({"sad": (-0.8, -0.4, -0.6), "calm": (0.6, -0.6, 0.2)})
     assert lexicon.text_vad("so sad and calm") == pytest.approx((-0.1, -0.5, -0.2))
     assert lexicon.text_vad("nothing known") is None
+
+
+def test_coverage() -> None:
+    lexicon = VADLexicon({"sad": (-0.8, -0.4, -0.6)})
+    assert lexicon.coverage(["so sad", "sad sad day"]) == {"words": 5, "known": 3, "share": 0.6}
+    assert lexicon.coverage([])["share"] == 0.0
