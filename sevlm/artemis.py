@@ -460,38 +460,48 @@ def load_artemis(
 
 
 def _unreadable(paintings: list[Painting], progress: Callable[[str], None] | None) -> list[str]:
-    """Keys of paintings whose image does not decode; decodes in threads (PIL frees the GIL)."""
+    """Keys of paintings whose image does not decode; decodes in threads (PIL frees the GIL).
+
+    Work goes to the pool a window at a time, so memory does not grow with the image count.
+    """
     bad: list[str] = []
     started = last = time.monotonic()
+    window = 1024
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        results = pool.map(check_image, (p.image for p in paintings), chunksize=64)
-        for i, (painting, ok) in enumerate(zip(paintings, results, strict=True), start=1):
-            if not ok:
-                bad.append(painting.key)
-            now = time.monotonic()
-            if progress is not None and (now - last > 5 or i == len(paintings)):
+        for begin in range(0, len(paintings), window):
+            chunk = paintings[begin : begin + window]
+            for painting, ok in zip(
+                chunk, pool.map(check_image, (p.image for p in chunk)), strict=True
+            ):
+                if not ok:
+                    bad.append(painting.key)
+            done, now = begin + len(chunk), time.monotonic()
+            if progress is not None and (now - last > 5 or done == len(paintings)):
                 last = now
-                rate = i / max(now - started, 1e-9)
+                rate = done / max(now - started, 1e-9)
                 progress(
-                    f"decoded {i}/{len(paintings)} images ({rate:.0f}/s), {len(bad)} unreadable"
+                    f"decoded {done}/{len(paintings)} images ({rate:.0f}/s), {len(bad)} unreadable"
                 )
     return bad
 
 
 def prepare_text(paintings: list[Painting], prep: UtterancePrep) -> dict:
-    """Set each annotation's training text; the length limit comes from the training split."""
-    tokens = {id(a): prep.clean(a.utterance) for p in paintings for a in p.annotations}
-    train_lengths = [
-        len(tokens[id(a)]) for p in paintings if p.split == "train" for a in p.annotations
-    ]
-    max_tokens = prep.max_tokens(train_lengths)
+    """Set each annotation's training text; the length limit comes from the training split.
+
+    Only the joined text is held per annotation (not token lists): memory stays near the
+    size of the text itself.
+    """
+    annotations = [a for p in paintings for a in p.annotations]
+    for a in annotations:
+        a.text = " ".join(prep.clean(a.utterance))
+    train = (a for p in paintings if p.split == "train" for a in p.annotations)
+    max_tokens = prep.max_tokens([_n_tokens(a.text) for a in train])
     verdicts: Counter[str] = Counter()
-    for p in paintings:
-        for a in p.annotations:
-            words = tokens[id(a)]
-            verdict = prep.verdict(len(words), max_tokens)
-            verdicts[verdict or "kept"] += 1
-            a.text = " ".join(words) if verdict is None and words else None
+    for a in annotations:
+        verdict = prep.verdict(_n_tokens(a.text), max_tokens)
+        verdicts[verdict or "kept"] += 1
+        if verdict is not None or not a.text:
+            a.text = None
     return {
         "enabled": prep.enabled,
         "min_tokens": prep.min_tokens,
@@ -501,3 +511,7 @@ def prepare_text(paintings: list[Painting], prep: UtterancePrep) -> dict:
         "too_short": verdicts["too_short"],
         "too_long": verdicts["too_long"],
     }
+
+
+def _n_tokens(text: str | None) -> int:
+    return len(text.split()) if text else 0

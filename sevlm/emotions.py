@@ -26,5 +26,5 @@ def normalize_emotion(label: object) -> str | None:
     """
     if not isinstance(label, str):
         return None
-    key = " ".join(label.split()).lower()
-    return key if key in EMOTION_TO_INDEX else None
+    index = EMOTION_TO_INDEX.get(" ".join(label.split()).lower())
+    return None if index is None else EMOTIONS[index]  # the shared string, not a copy per row

@@ -90,7 +90,7 @@ def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, int]:
 
 
 def encode_batch(batch: dict, config: ExampleConfig, epoch: int) -> dict:
-    """Add the paired sequences of each row for ``epoch`` (see :func:`encode_pair`)."""
+    """The paired sequences of each row for ``epoch`` (see :func:`encode_pair`)."""
     builder = sequence_builder(config.tokenizer, config.lexicon, config.max_len)
     pairs = [
         encode_pair(builder, list(emotions), list(texts), str(key), epoch, config.seed)
@@ -98,7 +98,8 @@ def encode_batch(batch: dict, config: ExampleConfig, epoch: int) -> dict:
             batch["key"], batch["emotions"], batch["texts"], strict=True
         )
     ]
-    out = dict(batch)
+    # The ragged annotation lists are spent: dropping them keeps blocks in Arrow, not pickles.
+    out = {k: v for k, v in batch.items() if k not in ("emotions", "texts")}
     for name in ("input_ids", "labels", "segment_ids", "vad", "vad_mask", "emotion", "has_pair"):
         out[name] = np.stack([p[name] for p in pairs]) if pairs else np.zeros((0,))
     return out

@@ -68,5 +68,5 @@ def build_pipeline(
         table = datasets.Dataset.from_dict(painting_records(data.split(split)))
         ds = ray.data.from_huggingface(table)
         opts = {"batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus}
-        result[split] = ds.map_batches(decode, **opts).map_batches(encode, **opts)
+        result[split] = ds.map_batches(encode, **opts).map_batches(decode, **opts)
     return Pipeline(result, counter)
