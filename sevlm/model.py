@@ -297,6 +297,8 @@ class ContrastiveScorer(nn.Module):
 
     The first layer is split by input so an anchor's image and emotion are projected once and
     added to every candidate explanation's projection, instead of re-concatenating per pair.
+    The last layer has no bias: cross-entropy over scores ignores a shared shift, so a bias
+    there would never receive a gradient.
     """
 
     def __init__(self, dim: int) -> None:
@@ -307,7 +309,7 @@ class ContrastiveScorer(nn.Module):
             nn.Linear(dim, dim), nn.ReLU(),
             nn.Linear(dim, dim), nn.ReLU(),
             nn.Linear(dim, dim), nn.ReLU(),
-            nn.Linear(dim, 1),
+            nn.Linear(dim, 1, bias=False),
         )  # fmt: skip
 
     def forward(self, image: Tensor, emotion: Tensor, explanations: Tensor) -> Tensor:
