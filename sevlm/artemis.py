@@ -8,7 +8,9 @@ counted, never fatal; a file that is not an ArtEmis CSV at all is a :class:`Data
 
 from __future__ import annotations
 
+import bisect
 import csv
+import hashlib
 import logging
 import os
 import random
@@ -106,7 +108,7 @@ class DataSource:
             if not root.is_dir():
                 raise DataError(f"--data {data}: not a folder")
             if is_saved_hf_dataset(root):
-                hf = str(root)
+                hf = str(root.absolute())
             else:
                 csv = csv or root / V1_CSV_NAME
                 if lexicon is None and (root / LEXICON_NAME).is_file():
@@ -129,7 +131,8 @@ class DataSource:
 
 
 def _path(p: str | Path | None) -> Path | None:
-    return None if p is None else Path(p)
+    """Absolute: Ray workers may run in another working directory (a job's working_dir)."""
+    return None if p is None else Path(p).expanduser().absolute()
 
 
 def is_saved_hf_dataset(folder: Path) -> bool:
@@ -360,27 +363,36 @@ class ArtemisData:
 def split_paintings(
     keys: Iterable[str], seed: int = 0, fractions: tuple[float, float, float] = (0.85, 0.05, 0.10)
 ) -> dict[str, str]:
-    """Painting key -> split, by a seeded shuffle of the sorted keys: independent of row order.
+    """Painting key -> split, each painting by its own seeded hash.
 
-    Every split with a non-zero fraction gets a painting once there are three or more.
+    A painting's split depends only on the seed and its key: not on row order, and not on
+    which other paintings are present, so fixing or dropping one row never moves another
+    painting between train and test. Proportions are met in expectation; a split asked for
+    that comes out empty (three to a few dozen paintings) takes the nearest painting of the
+    largest split.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(
             f"split fractions must be three non-negative numbers summing to 1: {fractions}"
         )
-    ordered = sorted(set(keys))
-    random.Random(seed).shuffle(ordered)
-    n = len(ordered)
-    n_val = round(n * fractions[1])
-    n_test = round(n * fractions[2])
-    if n >= 3:  # a split asked for is never empty
-        n_val = max(n_val, 1) if fractions[1] > 0 else 0
-        n_test = max(n_test, 1) if fractions[2] > 0 else 0
-    n_train = n - n_val - n_test
-    return {
-        key: "train" if i < n_train else "val" if i < n_train + n_val else "test"
-        for i, key in enumerate(ordered)
-    }
+    position = {key: _unit_hash(seed, key) for key in set(keys)}
+    bounds = (fractions[0], fractions[0] + fractions[1])
+    splits = {key: SPLITS[bisect.bisect_right(bounds, u)] for key, u in position.items()}
+    if len(splits) >= 3:
+        for i, name in enumerate(SPLITS):
+            counts = Counter(splits.values())
+            if fractions[i] > 0 and counts[name] == 0:
+                centre = sum(fractions[:i]) + fractions[i] / 2
+                donor = counts.most_common(1)[0][0]
+                pool = [k for k, s in splits.items() if s == donor]
+                splits[min(pool, key=lambda k: (abs(position[k] - centre), k))] = name
+    return splits
+
+
+def _unit_hash(seed: int, key: str) -> float:
+    """A number in [0, 1) fixed by (seed, key)."""
+    digest = hashlib.blake2b(f"{seed}|{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
 def load_artemis(

@@ -42,6 +42,8 @@ class ExampleConfig:
 
     def __post_init__(self) -> None:
         ImageTransform(self.image_size, self.mean, self.std)  # validates the image fields
+        if self.lexicon is not None:  # absolute: workers may run in another directory
+            object.__setattr__(self, "lexicon", str(Path(self.lexicon).expanduser().absolute()))
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
 
@@ -70,23 +72,27 @@ def painting_records(paintings: list[Painting]) -> dict[str, list]:
     }
 
 
-def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, int]:
-    """Add ``pixel_values`` ``[B, 3, S, S]``; rows whose image fails to decode are dropped.
+def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, list[str]]]:
+    """Add ``pixel_values`` ``[B, 3, S, S]``; rows whose image cannot be read are dropped.
 
-    Returns the batch and how many rows were dropped.
+    Returns the batch and the dropped rows' keys by reason (``missing_image``,
+    ``unreadable_image``).
     """
     transform = config.transform
     pixels, keep = [], []
+    dropped: dict[str, list[str]] = {}
     for i, path in enumerate(batch["image"]):
         try:
             pixels.append(transform.load(Path(path)))
             keep.append(i)
+        except FileNotFoundError:
+            dropped.setdefault("missing_image", []).append(str(batch["key"][i]))
         except Exception:  # any decode failure: counted by the caller, never fatal
-            continue
+            dropped.setdefault("unreadable_image", []).append(str(batch["key"][i]))
     out = {k: _take(v, keep) for k, v in batch.items()}
     size = config.image_size
     out["pixel_values"] = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.float32)
-    return out, len(batch["image"]) - len(keep)
+    return out, dropped
 
 
 def encode_batch(batch: dict, config: ExampleConfig, epoch: int) -> dict:

@@ -18,16 +18,20 @@ from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_r
 
 @ray.remote(num_cpus=0)
 class DropCounter:
-    """Counts rows the pipeline drops, by reason, across every task on every node."""
+    """The paintings the pipeline drops, by reason, across every task on every node.
+
+    Keys, not counts: a dataset read once per epoch, or a retried task, meets the same bad
+    image again, and it must count once.
+    """
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+        self.keys: dict[str, set[str]] = {}
 
-    def add(self, reason: str, n: int) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + n
+    def add(self, reason: str, keys: list[str]) -> None:
+        self.keys.setdefault(reason, set()).update(keys)
 
     def get(self) -> dict[str, int]:
-        return dict(self.counts)
+        return {reason: len(keys) for reason, keys in sorted(self.keys.items())}
 
 
 @dataclass
@@ -38,7 +42,7 @@ class Pipeline:
     counter: ray.actor.ActorHandle
 
     def dropped(self) -> dict[str, int]:
-        """Rows dropped so far (the counts grow as the datasets are consumed)."""
+        """Paintings dropped so far, by reason (known once the datasets have been read)."""
         return ray.get(self.counter.get.remote())
 
 
@@ -55,9 +59,9 @@ def build_pipeline(
     counter = DropCounter.remote()
 
     def decode(batch: dict) -> dict:
-        out, n_failed = decode_batch(batch, config)
-        if n_failed:
-            ray.get(counter.add.remote("unreadable_image", n_failed))
+        out, dropped = decode_batch(batch, config)
+        for reason, keys in dropped.items():
+            ray.get(counter.add.remote(reason, keys))
         return out
 
     def encode(batch: dict) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 import unicodedata
 from pathlib import Path
 
@@ -188,15 +189,38 @@ def test_split_is_deterministic_and_independent_of_row_order(sample) -> None:
 
 
 def test_split_fractions() -> None:
-    keys = [f"s/p{i}" for i in range(1000)]
+    keys = [f"s/p{i}" for i in range(20000)]
     splits = split_paintings(keys, seed=3)
-    counts = {s: sum(v == s for v in splits.values()) for s in ("train", "val", "test")}
-    assert counts == {"train": 850, "val": 50, "test": 100}
+    for name, fraction in zip(("train", "val", "test"), (0.85, 0.05, 0.10), strict=True):
+        share = sum(v == name for v in splits.values()) / len(keys)
+        assert abs(share - fraction) < 0.01, (name, share)
     assert split_paintings(reversed(keys), seed=3) == splits
-    tiny = split_paintings(["a", "b", "c"])
-    assert sorted(tiny.values()) == ["test", "train", "val"]
+    for n in (3, 5, 12):
+        tiny = split_paintings([f"k{i}" for i in range(n)])
+        assert set(tiny.values()) == {"train", "val", "test"}
+    assert set(split_paintings(keys[:50], fractions=(1.0, 0.0, 0.0)).values()) == {"train"}
     with pytest.raises(ValueError, match="summing to 1"):
         split_paintings(keys, fractions=(0.5, 0.2, 0.2))
+
+
+def test_split_of_a_painting_ignores_the_others() -> None:
+    keys = [f"Cubism/p{i}" for i in range(500)]
+    full = split_paintings(keys, seed=9)
+    fewer = split_paintings(keys[:200] + keys[201:], seed=9)
+    more = split_paintings([*keys, "Cubism/new"], seed=9)
+    assert all(fewer[k] == full[k] for k in fewer)
+    assert all(more[k] == full[k] for k in keys)
+
+
+def test_split_is_the_same_whether_or_not_images_are_decoded(sample, tmp_path: Path) -> None:
+    copy = tmp_path / "sample"
+    shutil.copytree(sample.out, copy)
+    source = DataSource.resolve(data=str(copy))
+    before = {p.key: p.split for p in load_artemis(source).paintings}
+    next(iter(load_artemis(source).paintings)).image.write_bytes(b"broken")
+    decoded = load_artemis(source, decode_images=True)
+    assert decoded.report.skipped["unreadable_image"] > 0
+    assert all(before[p.key] == p.split for p in decoded.paintings)
 
 
 def test_all_annotations_of_a_painting_share_a_split(sample) -> None:

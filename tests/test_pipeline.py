@@ -53,7 +53,7 @@ def test_pipeline_matches_plain_transforms(ray_local, sample) -> None:
     assert pipeline.dropped() == {}
 
 
-def test_undecodable_images_are_dropped_and_counted(ray_local, sample, tmp_path: Path) -> None:
+def test_unreadable_images_are_dropped_and_counted_once(ray_local, sample, tmp_path: Path) -> None:
     from sevlm.pipeline import build_pipeline
 
     copy = tmp_path / "sample"
@@ -62,6 +62,23 @@ def test_undecodable_images_are_dropped_and_counted(ray_local, sample, tmp_path:
     val = data.split("val")
     for painting in val[:3]:
         painting.image.write_bytes(b"corrupted after the check")
+    val[3].image.unlink()
     pipeline = build_pipeline(data, CONFIG, splits=("val",), batch_size=4)
-    assert pipeline.datasets["val"].count() == len(val) - 3
-    assert pipeline.dropped() == {"unreadable_image": 3}
+    assert pipeline.datasets["val"].count() == len(val) - 4
+    expected = {"missing_image": 1, "unreadable_image": 3}
+    assert pipeline.dropped() == expected
+    assert len(pipeline.datasets["val"].take_all()) == len(val) - 4  # a second epoch's read
+    assert pipeline.dropped() == expected  # the same paintings, counted once
+
+
+def test_relative_inputs_become_absolute_paths(sample, monkeypatch) -> None:
+    from sevlm.examples import painting_records
+
+    monkeypatch.chdir(sample.out.parent)
+    source = DataSource.resolve(data=sample.out.name)
+    assert source.csv.is_absolute() and source.images.is_absolute()
+    assert source.lexicon.is_absolute()
+    records = painting_records(load_artemis(source).paintings)
+    assert all(Path(image).is_absolute() for image in records["image"])
+    config = ExampleConfig(lexicon=f"{sample.out.name}/NRC-VAD-Lexicon.txt")
+    assert Path(config.lexicon).is_absolute() and Path(config.lexicon).is_file()
