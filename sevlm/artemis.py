@@ -81,6 +81,8 @@ class DataSource:
             raise DataError("no images root: give --images DIR (or --data DIR with DIR/wikiart)")
         if self.hf is None and self.variant != "contrastive" and self.csv is None:
             raise DataError("no annotations: give --csv FILE or --data DIR")
+        if self.hf is not None and self.variant != "v1":
+            raise DataError("--variant applies to CSV files; a Hugging Face dataset is read whole")
         if self.variant != "v1" and self.contrastive is None:
             raise DataError(f"the {self.variant} variant needs --contrastive FILE")
 
@@ -144,33 +146,50 @@ def is_saved_hf_dataset(folder: Path) -> bool:
 # Reading rows
 
 
+FIELD_SIZE_LIMIT = 1 << 24
+"""Largest CSV field read (16 MiB); Python's default of 128 KiB would make one long row fatal."""
+LONG_RECORD_LINES = 4
+"""A record spanning more physical lines than this is reported: likely an unbalanced quote."""
+
+
 def read_csv_rows(path: Path, required: Iterable[str] = REQUIRED_COLUMNS) -> Iterator[dict]:
-    """The rows of an ArtEmis CSV as dicts (real CSV quoting); a malformed file is a DataError."""
+    """The rows of an ArtEmis CSV as dicts (real CSV quoting); a malformed file is a DataError.
+
+    Each row carries ``_line`` (its first physical line) and ``_lines`` (how many it spans).
+    Bytes that are not UTF-8 become U+FFFD, so one bad byte costs at most its row.
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     try:
-        f = open(path, newline="", encoding="utf-8-sig")  # noqa: SIM115 - closed below
+        f = open(path, newline="", encoding="utf-8-sig", errors="replace")  # noqa: SIM115
     except OSError as e:
         raise DataError(f"{path}: cannot open: {e.strerror or e}") from e
     with f:
         reader = csv.DictReader(f)
         try:
             header = reader.fieldnames
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: not a UTF-8 CSV file: {e}") from e
+        except csv.Error as e:
+            raise DataError(f"{path}: not a CSV file: {e}") from e
         if not header:
             raise DataError(f"{path}: empty file, expected a CSV header")
-        reader.fieldnames = [name.strip() for name in header]
-        missing = [c for c in required if c not in reader.fieldnames]
+        names = [name.strip() for name in header]
+        missing = [c for c in required if c not in names]
         if missing:
-            found = ", ".join(reader.fieldnames[:8])
+            found = ", ".join(names[:8])
             raise DataError(
                 f"{path}: not an ArtEmis CSV: missing required column(s) "
                 f"{', '.join(missing)} (header has: {found})"
             )
+        twice = sorted({c for c in required if names.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}: column(s) {', '.join(twice)} appear more than once")
+        reader.fieldnames = names
+        previous = reader.line_num
         try:
             for row in reader:
-                row["_line"] = reader.line_num
+                row["_line"], row["_lines"] = previous + 1, reader.line_num - previous
+                previous = reader.line_num
                 yield row
-        except (csv.Error, UnicodeDecodeError) as e:
+        except csv.Error as e:
             raise DataError(f"{path}: malformed CSV near line {reader.line_num}: {e}") from e
 
 
@@ -188,10 +207,18 @@ def read_hf_rows(spec: str) -> Iterator[dict]:
         missing = [c for c in REQUIRED_COLUMNS if c not in part.column_names]
         if missing:
             raise DataError(f"hf:{spec}: missing required column(s) {', '.join(missing)}")
+        labels = {
+            c: part.features[c].int2str
+            for c in REQUIRED_COLUMNS
+            if isinstance(part.features[c], datasets.ClassLabel)
+        }
         for batch in part.select_columns(list(REQUIRED_COLUMNS)).iter(batch_size=4096):
             for values in zip(*(batch[c] for c in REQUIRED_COLUMNS), strict=True):
                 line += 1
-                yield {**dict(zip(REQUIRED_COLUMNS, values, strict=True)), "_line": line}
+                row = dict(zip(REQUIRED_COLUMNS, values, strict=True))
+                for column, to_name in labels.items():
+                    row[column] = None if row[column] is None else to_name(row[column])
+                yield {**row, "_line": line, "_lines": 1}
 
 
 def iter_source_rows(source: DataSource, seed: int = 0) -> Iterator[dict]:
@@ -272,6 +299,8 @@ class Annotation:
 
     emotion: str
     utterance: str
+    line: int | None = None
+    """Where the row starts in its file (a row index for a Hugging Face dataset)."""
     text: str | None = None
     """The explanation prepared for training; None when the preparation drops it."""
 
@@ -314,6 +343,8 @@ class DataReport:
     """Up to five skipped rows per reason (line, art_style, painting), to find them."""
     lexicon: dict = field(default_factory=dict)
     """The lexicon's file, hash and size, and its coverage of the kept explanations."""
+    warnings: list[str] = field(default_factory=list)
+    """Things read but worth a look: bytes that were not UTF-8, records over many lines."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -329,6 +360,7 @@ class DataReport:
         if n_skipped:
             reasons = ", ".join(f"{k} {v}" for k, v in self.skipped.items() if v)
             lines.append(f"skipped: {reasons}")
+        lines += [f"warning: {w}" for w in self.warnings]
         if not self.images_decoded:
             lines.append("images: found on disk, not decoded (unreadable ones drop at load time)")
         if self.text.get("enabled"):
@@ -416,40 +448,43 @@ def load_artemis(
     paintings: dict[str, Painting] = {}
     rows_total = 0
 
-    def skip(reason: str, row: dict) -> None:
+    notes = _RowNotes()
+
+    def skip(reason: str, line: int | None, style: str, name: str, emotion: object) -> None:
         skipped[reason] += 1
         if len(examples.setdefault(reason, [])) < 5:
-            keep = ("_line", "art_style", "painting", "emotion")
-            examples[reason].append({k.lstrip("_"): row.get(k) for k in keep})
+            examples[reason].append(
+                {"line": line, "art_style": style, "painting": name, "emotion": emotion}
+            )
 
     for row in iter_source_rows(source, seed):
         rows_total += 1
+        notes.see(row)
+        line = row.get("_line")
+        style, name = _text(row.get("art_style")), _text(row.get("painting"))
         emotion = normalize_emotion(row.get("emotion"))
-        utterance = row.get("utterance") or ""
+        utterance = _text(row.get("utterance"))
         if emotion is None:
-            skip("unknown_emotion", row)
+            skip("unknown_emotion", line, style, name, row.get("emotion"))
             continue
         if not utterance.strip():
-            skip("empty_utterance", row)
+            skip("empty_utterance", line, style, name, emotion)
             continue
-        style, name = row.get("art_style") or "", row.get("painting") or ""
         key = painting_key(style, name)
         if key not in paintings:
             image, reason = index.locate(style, name)
             if reason is not None:
-                skip(reason, row)
+                skip(reason, line, style, name, emotion)
                 continue
             paintings[key] = Painting(style, name, image)
-        paintings[key].annotations.append(Annotation(emotion, " ".join(utterance.split())))
+        annotation = Annotation(emotion, " ".join(utterance.split()), line)
+        paintings[key].annotations.append(annotation)
 
     if decode_images:
         for key in _unreadable(list(paintings.values()), progress):
-            for _ in paintings[key].annotations:
-                skip(
-                    "unreadable_image",
-                    {"art_style": paintings[key].art_style, "painting": paintings[key].painting},
-                )
-            del paintings[key]
+            painting = paintings.pop(key)
+            for a in painting.annotations:
+                skip("unreadable_image", a.line, painting.art_style, painting.painting, a.emotion)
 
     kept = sorted(paintings.values(), key=lambda p: p.key)
     for key, split in split_paintings(paintings, seed, split_fractions).items():
@@ -467,8 +502,44 @@ def load_artemis(
         images_decoded=decode_images,
         text=text_report,
         skipped_examples=examples,
+        warnings=notes.warnings(),
     )
     return ArtemisData(kept, report)
+
+
+def _text(value: object) -> str:
+    """A cell as text: None is empty, numbers (from typed datasets) become their digits."""
+    return "" if value is None else value if isinstance(value, str) else str(value)
+
+
+class _RowNotes:
+    """Counts rows that were read but deserve a look."""
+
+    def __init__(self) -> None:
+        self.replaced: list[int] = []
+        self.long: list[tuple[int, int]] = []
+
+    def see(self, row: dict) -> None:
+        line = row.get("_line") or 0
+        if any(isinstance(v, str) and "\ufffd" in v for v in row.values()):
+            self.replaced.append(line)
+        if row.get("_lines", 1) > LONG_RECORD_LINES:
+            self.long.append((line, row["_lines"]))
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.replaced:
+            out.append(
+                f"{len(self.replaced)} row(s) had bytes that are not UTF-8, read as U+FFFD "
+                f"(first at line {self.replaced[0]})"
+            )
+        if self.long:
+            line, span = self.long[0]
+            out.append(
+                f"{len(self.long)} record(s) span more than {LONG_RECORD_LINES} lines, the first "
+                f"at line {line} over {span} lines: an unbalanced quote?"
+            )
+        return out
 
 
 def _unreadable(paintings: list[Painting], progress: Callable[[str], None] | None) -> list[str]:

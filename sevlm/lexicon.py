@@ -89,7 +89,7 @@ def read_lexicon(path: Path | str, scale: Scale = "auto") -> VADLexicon:
     path = Path(path)
     try:
         raw = path.read_bytes()
-        lines = raw.decode("utf-8").splitlines()
+        lines = raw.decode("utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise LexiconError(f"{path}: cannot read lexicon: {e}") from e
     rows: list[tuple[str, float, float, float]] = []
@@ -97,8 +97,9 @@ def read_lexicon(path: Path | str, scale: Scale = "auto") -> VADLexicon:
     for lineno, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        line = line.strip()
         fields = line.split("\t") if "\t" in line else line.split()
-        if not rows and fields[0].strip().lower() in _HEADER_FIRST:
+        if not rows and _is_header(fields):
             v2_header = fields[0].strip().lower() == "term"
             continue
         rows.append(_parse_row(path, lineno, fields))
@@ -113,6 +114,17 @@ def read_lexicon(path: Path | str, scale: Scale = "auto") -> VADLexicon:
         vad = tuple(values) if bipolar else tuple(2.0 * x - 1.0 for x in values)
         table.setdefault(word, vad)  # type: ignore[arg-type]
     return VADLexicon(table, source=str(path), sha256=hashlib.sha256(raw).hexdigest())
+
+
+def _is_header(fields: list[str]) -> bool:
+    """``Word Valence ...`` / ``term valence ...``: a known first name and no numbers."""
+    if fields[0].strip().lower() not in _HEADER_FIRST:
+        return False
+    try:
+        [float(x) for x in fields[1:]]
+    except ValueError:
+        return True
+    return False
 
 
 def _parse_row(path: Path, lineno: int, fields: list[str]) -> tuple[str, float, float, float]:

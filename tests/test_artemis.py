@@ -9,6 +9,7 @@ import shutil
 import unicodedata
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import csv_path, write_csv, write_image
 
@@ -21,6 +22,7 @@ from sevlm.artemis import (
     read_csv_rows,
     split_paintings,
 )
+from sevlm.images import ImageTransform, load_rgb
 from sevlm.text import UtterancePrep
 
 GOOD = "the red strokes in this painting make me feel furious and tense"
@@ -103,9 +105,15 @@ def test_without_decoding_unreadable_images_are_not_checked(artemis_dir: Path) -
 )
 def test_image_modes_are_valid(artemis_dir: Path, mode: str, fmt: str) -> None:
     # PNG bytes are written behind the .jpg name: the bytes decide the format.
-    write_image(artemis_dir / "wikiart" / "Realism" / "p.jpg", mode=mode, fmt=fmt)
+    path = write_image(artemis_dir / "wikiart" / "Realism" / "p.jpg", mode=mode, fmt=fmt)
     data = load(artemis_dir, [("Realism", "p", "awe", GOOD, 1)])
     assert data.report.rows_kept == 1
+    rgb = load_rgb(path)
+    assert rgb.mode == "RGB" and rgb.size == (16, 16)
+    if mode == "RGBA":  # fully transparent pixels are laid on white
+        assert rgb.getpixel((0, 0)) == (255, 255, 255)
+    pixels = ImageTransform(size=8)(rgb)
+    assert pixels.shape == (3, 8, 8) and np.isfinite(pixels).all()
 
 
 @pytest.mark.parametrize(("csv_form", "disk_form"), [("NFC", "NFD"), ("NFD", "NFC")])
@@ -306,3 +314,67 @@ def test_hugging_face_dataset_missing_columns(tmp_path: Path, sample) -> None:
     datasets.Dataset.from_dict({"painting": ["a"]}).save_to_disk(tmp_path / "hf")
     with pytest.raises(DataError, match="missing required column"):
         load_artemis(DataSource.resolve(data=str(tmp_path / "hf"), images=sample.images))
+
+
+def test_one_bad_row_costs_at_most_that_row(artemis_dir: Path) -> None:
+    for i in range(3):
+        write_image(artemis_dir / "wikiart" / "Cubism" / f"p{i}.jpg")
+    rows = [("Cubism", "p0", "awe", GOOD, 1), ("Cubism", "p1", "awe", "x" * 200_000, 1)]
+    write_csv(csv_path(artemis_dir), rows)
+    with open(csv_path(artemis_dir), "ab") as f:
+        f.write(b"Cubism,p2,fear,caf\xe9 colours make me feel uneasy and small,1\n")
+    data = load_artemis(DataSource.resolve(data=str(artemis_dir)))
+    report = data.report
+    assert report.rows_total == 3 and report.rows_kept == 3
+    assert report.text["too_long"] >= 1  # the 200k-character utterance is read, then dropped
+    assert any("not UTF-8" in w and "line 4" in w for w in report.warnings)
+    assert "warning:" in report.summary()
+
+
+def test_unbalanced_quote_is_reported(artemis_dir: Path) -> None:
+    write_image(artemis_dir / "wikiart" / "Cubism" / "p.jpg")
+    lines = ["art_style,painting,emotion,utterance,repetition", 'Cubism,p,awe,"it opens,1']
+    lines += [f"Cubism,p,fear,row {i} swallowed,1" for i in range(6)]
+    csv_path(artemis_dir).write_text("\n".join(lines) + "\n")
+    report = load_artemis(DataSource.resolve(data=str(artemis_dir))).report
+    assert report.rows_total == 1
+    assert any("unbalanced quote" in w and "line 2" in w for w in report.warnings)
+
+
+def test_duplicate_required_column_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "dup.csv"
+    path.write_text("art_style,painting,emotion,utterance,emotion\nA,b,awe,text,x\n")
+    with pytest.raises(DataError, match="emotion appear more than once"):
+        list(read_csv_rows(path))
+
+
+def test_unreadable_image_examples_have_line_numbers(artemis_dir: Path) -> None:
+    (artemis_dir / "wikiart" / "Cubism").mkdir()
+    (artemis_dir / "wikiart" / "Cubism" / "bad.jpg").write_bytes(b"junk")
+    report = load(artemis_dir, [("Cubism", "bad", "awe", GOOD, 1)]).report
+    assert report.skipped_examples["unreadable_image"] == [
+        {"line": 2, "art_style": "Cubism", "painting": "bad", "emotion": "awe"}
+    ]
+
+
+def test_hugging_face_class_labels_and_numbers(tmp_path: Path, artemis_dir: Path) -> None:
+    import datasets
+
+    write_image(artemis_dir / "wikiart" / "Cubism" / "17.jpg")
+    features = datasets.Features(
+        {
+            "art_style": datasets.Value("string"),
+            "painting": datasets.Value("int64"),
+            "emotion": datasets.ClassLabel(names=["awe", "fear"]),
+            "utterance": datasets.Value("string"),
+        }
+    )
+    table = {"art_style": ["Cubism"] * 2, "painting": [17, 17], "emotion": [0, 1],
+             "utterance": [GOOD, GOOD]}  # fmt: skip
+    datasets.Dataset.from_dict(table, features=features).save_to_disk(tmp_path / "hf")
+    images = artemis_dir / "wikiart"
+    report = load_artemis(DataSource.resolve(data=str(tmp_path / "hf"), images=images)).report
+    assert report.rows_kept == 2
+    assert report.emotion_counts["awe"] == 1 and report.emotion_counts["fear"] == 1
+    with pytest.raises(DataError, match="--variant applies to CSV"):
+        DataSource.resolve(data=str(tmp_path / "hf"), images=images, variant="combined")

@@ -110,3 +110,12 @@ def test_coverage() -> None:
     lexicon = VADLexicon({"sad": (-0.8, -0.4, -0.6)})
     assert lexicon.coverage(["so sad", "sad sad day"]) == {"words": 5, "known": 3, "share": 0.6}
     assert lexicon.coverage([])["share"] == 0.0
+
+
+def test_bom_trailing_tabs_and_a_word_named_term(tmp_path: Path) -> None:
+    text = "\ufeffWord\tValence\tArousal\tDominance\nterm\t1\t0.8\t0.5\t\nzeal\t0.5\t0.5\t0.5\n"
+    lexicon = read_lexicon(write(tmp_path, text))
+    assert lexicon.get("term") == pytest.approx((1.0, 0.6, 0.0))  # a word, not a v2 header
+    assert len(lexicon) == 2
+    headerless = read_lexicon(write(tmp_path, "term\t1\t0.8\t0.5\n"))
+    assert headerless.get("term") == pytest.approx((1.0, 0.6, 0.0))

@@ -79,3 +79,13 @@ def test_gpt2_family_name_falls_back_offline() -> None:
     tokenizer = load_tokenizer("distilgpt2")
     assert tokenizer("Hello world")["input_ids"] == [15496, 995]
     assert tokenizer.pad_token == PAD_TOKEN
+
+
+def test_adding_project_tokens_again_changes_nothing() -> None:
+    from sevlm.tokenizer import add_project_tokens
+
+    tokenizer = load_tokenizer()
+    ids = tokenizer(" the emotion is awe")["input_ids"]
+    add_project_tokens(tokenizer)
+    assert len(tokenizer) == 50260
+    assert tokenizer(" the emotion is awe")["input_ids"] == ids
