@@ -36,7 +36,7 @@ _SUFFIXES = (
     ("'d", " would"),
     ("'m", " am"),
 )
-_WORD_WITH_APOSTROPHE = re.compile(r"[a-z]+'[a-z]+")
+_WORD_WITH_APOSTROPHE = re.compile(r"(?<![a-z])[a-z]+'[a-z]+")  # anchored: linear time
 _NOT_WORD = re.compile(r"[^a-z0-9']+|'")
 
 

@@ -37,3 +37,10 @@ def test_percentile_and_validation() -> None:
         UtterancePrep(max_percentile=0)
     with pytest.raises(ValueError, match="min_tokens"):
         UtterancePrep(min_tokens=-1)
+
+
+def test_long_run_of_letters() -> None:
+    # The contraction pattern is anchored at word starts: unanchored, it backtracked
+    # quadratically and this one utterance took 25 s.
+    assert tokenize_utterance("x" * 200_000) == ["x" * 200_000]
+    assert tokenize_utterance("a" * 1000 + "'s") == ["a" * 1000, "s"]
