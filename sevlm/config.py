@@ -98,28 +98,129 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**values)
+        return _from_dict(cls, values)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """A preset (``tiny``, ``paper``) from ``sevlm/presets/NAME.yaml``, with overrides."""
-        path = resources.files("sevlm") / "presets" / f"{name}.yaml"
-        if not path.is_file():
-            raise ValueError(f"no model preset {name!r}; presets: {', '.join(preset_names())}")
-        return cls.from_dict({**yaml.safe_load(path.read_text()), **overrides})
+        """A preset's model config (``sevlm/presets/NAME.yaml``), with fields changed."""
+        return _from_dict(cls, {**preset_values(name)["model"], **overrides})
 
-    @classmethod
-    def from_yaml(cls, path: Path | str, **overrides: Any) -> ModelConfig:
-        """A config file: a full config, or ``preset: NAME`` plus the fields to change."""
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        preset = values.pop("preset", None)
-        if preset is not None:
-            return cls.preset(preset, **{**values, **overrides})
-        return cls.from_dict({**values, **overrides})
+
+@dataclass
+class TrainConfig:
+    """How a model is trained. Defaults follow the released recipe."""
+
+    max_steps: int = 2000
+    """Optimizer steps in all."""
+    batch_size: int = 32
+    """Images per optimizer step across all workers (each gives two sequences)."""
+    lr: float = 2e-5
+    """Learning rate of the decoder and heads."""
+    lr_vad: float = 4e-5
+    """Learning rate of the VAD encoder."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (none in the released recipe)."""
+    warmup_steps: int = 0
+    """Linear warm-up before the linear decay to zero (none in the released recipe)."""
+    grad_clip: float = 1.0
+    """Clip the gradient norm to this; 0 turns clipping off."""
+    precision: str = "auto"
+    """auto (bf16 on Ampere+ GPUs, fp16 + grad scaler on older ones, fp32 on CPU) or a dtype."""
+    val_every: int = 200
+    """Steps between validations (each writes a checkpoint)."""
+    val_max_images: int | None = None
+    """Evaluate on at most this many validation images (None: all)."""
+    max_new_tokens: int = 25
+    """Longest generated continuation during validation."""
+    select_metric: str = "val/bleu4"
+    """The metric that picks the best checkpoint (the paper: validation BLEU-4)."""
+    select_mode: str = "max"
+    """Whether the selection metric is better high (max) or low (min)."""
+    early_stop: int = 10
+    """Stop after this many validations without improvement; 0 never stops early."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept besides the latest, best first."""
+    log_every: int = 10
+    """Steps between training-metric logs."""
+    seed: int = 0
+    """Seed of initialisation, data order and pairing."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0 and self.lr_vad > 0, "learning rates must be > 0"),
+            (self.val_every >= 1 and self.log_every >= 1, "val_every, log_every must be >= 1"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision: auto|fp32|bf16|fp16"),
+            (self.select_mode in ("max", "min"), "select_mode must be max or min"),
+            (self.early_stop >= 0 and self.keep_checkpoints >= 1, "early_stop >= 0, keep >= 1"),
+            (self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip, weight_decay >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"train config: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` of the selection metric beats ``best``."""
+        if best is None:
+            return True
+        return value > best if self.select_mode == "max" else value < best
+
+
+def _from_dict(cls, values: dict[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    return cls(**values)
+
+
+def preset_values(name: str) -> dict[str, dict[str, Any]]:
+    """A preset's ``model`` and ``train`` sections (``sevlm/presets/NAME.yaml``)."""
+    path = resources.files("sevlm") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"no preset {name!r}; presets: {', '.join(preset_names())}")
+    values = yaml.safe_load(path.read_text())
+    return {"model": values.get("model", {}), "train": values.get("train", {})}
+
+
+def load_configs(
+    preset: str | None = "tiny",
+    config_file: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[ModelConfig, TrainConfig]:
+    """Model and train configs: a preset, then a YAML file, then ``key=value`` overrides.
+
+    The file has ``model:`` and ``train:`` sections and may name its own ``preset:``. An
+    override key is ``model.FIELD``, ``train.FIELD`` or a bare field name of either.
+    """
+    values: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    file_values = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
+    unknown_sections = sorted(set(file_values) - {"preset", "model", "train"})
+    if unknown_sections:
+        raise ValueError(f"{config_file}: unknown sections {', '.join(unknown_sections)}")
+    preset = file_values.get("preset", preset)
+    if preset:
+        values = preset_values(preset)
+    for section in ("model", "train"):
+        values[section] = {**values[section], **(file_values.get(section) or {})}
+    for key, value in (overrides or {}).items():
+        section, _, field_name = key.rpartition(".")
+        values[section or _section_of(field_name)][field_name] = value
+    return _from_dict(ModelConfig, values["model"]), _from_dict(TrainConfig, values["train"])
+
+
+def _section_of(name: str) -> str:
+    sections = [s for s, cls in (("model", ModelConfig), ("train", TrainConfig))
+                if name in {f.name for f in dataclasses.fields(cls)}]  # fmt: skip
+    if len(sections) != 1:
+        where = "both model and train" if sections else "neither model nor train"
+        raise ValueError(f"override {name!r} names a field of {where}: write model.{name} "
+                         f"or train.{name}")  # fmt: skip
+    return sections[0]
 
 
 def preset_names() -> list[str]:
@@ -136,5 +237,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"override {item!r} is not key=value")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = _scalar(value.strip())
     return out
+
+
+def _scalar(text: str) -> Any:
+    """int, then float (``3e-3`` is a number; YAML 1.1 reads it as a string), then YAML."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return yaml.safe_load(text)

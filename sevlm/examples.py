@@ -7,6 +7,7 @@ single-process runs call them directly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,15 +61,20 @@ def sequence_builder(tokenizer: str, lexicon: str | None, max_len: int) -> Seque
 
 
 def painting_records(paintings: list[Painting]) -> dict[str, list]:
-    """Columns of painting records; only annotations that have training text are kept."""
+    """Columns of painting records; only annotations that have training text are kept.
+
+    ``annotations`` is JSON (``[[emotion, text], ...]``): a plain string column stays in
+    Arrow through Ray Data, where ragged lists would fall back to pickled objects.
+    """
     rows = [p for p in paintings if any(a.text for a in p.annotations)]
     return {
         "key": [p.key for p in rows],
         "art_style": [p.art_style for p in rows],
         "painting": [p.painting for p in rows],
         "image": [str(p.image) for p in rows],
-        "emotions": [[a.emotion for a in p.annotations if a.text] for p in rows],
-        "texts": [[a.text for a in p.annotations if a.text] for p in rows],
+        "annotations": [
+            json.dumps([[a.emotion, a.text] for a in p.annotations if a.text]) for p in rows
+        ],
     }
 
 
@@ -98,14 +104,11 @@ def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, li
 def encode_batch(batch: dict, config: ExampleConfig, epoch: int) -> dict:
     """The paired sequences of each row for ``epoch`` (see :func:`encode_pair`)."""
     builder = sequence_builder(config.tokenizer, config.lexicon, config.max_len)
-    pairs = [
-        encode_pair(builder, list(emotions), list(texts), str(key), epoch, config.seed)
-        for key, emotions, texts in zip(
-            batch["key"], batch["emotions"], batch["texts"], strict=True
-        )
-    ]
-    # The ragged annotation lists are spent: dropping them keeps blocks in Arrow, not pickles.
-    out = {k: v for k, v in batch.items() if k not in ("emotions", "texts")}
+    pairs = []
+    for key, cell in zip(batch["key"], batch["annotations"], strict=True):
+        emotions, texts = zip(*json.loads(str(cell)), strict=True)
+        pairs.append(encode_pair(builder, emotions, texts, str(key), epoch, config.seed))
+    out = dict(batch)
     for name in ("input_ids", "labels", "segment_ids", "vad", "vad_mask", "emotion", "has_pair"):
         out[name] = np.stack([p[name] for p in pairs]) if pairs else np.zeros((0,))
     return out

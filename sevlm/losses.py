@@ -49,7 +49,8 @@ def contrastive_loss(
     candidates, offset = gather_with_grad(explanation)
     candidate_valid, _ = gather_with_grad(valid.to(torch.uint8))
     if not bool(valid.any()):
-        return explanation.sum() * 0.0  # keeps every parameter in the graph (DDP needs it)
+        # No pair here: a zero that still runs the scorer, so DDP sees all its parameters used.
+        return scorer(image[:1], emotion[:1], candidates[:1]).sum() * 0.0
     anchors = valid.nonzero().squeeze(1)
     scores = scorer(image[anchors], emotion[anchors], candidates)
     return scores_to_loss(scores, anchors + offset, candidate_valid.bool(), temperature)

@@ -248,10 +248,13 @@ class SEVLM(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> SEVLMOutput:
         """Losses on a paired batch: ``input_ids`` etc. ``[B, 2, T]``, one image per pair.
 
-        The image tokens come from ``pixel_values`` ``[B, 3, S, S]`` or, precomputed by a
-        frozen encoder, ``image_features`` ``[B, M, C]``.
+        The image tokens come from ``pixel_values`` ``[B, 3, S, S]``; or, precomputed by a
+        frozen encoder, ``image_features`` ``[B, M, C]`` (before the projection); or
+        ``image_tokens``, the memory itself (from :meth:`encode_images`).
         """
-        if "image_features" in batch:
+        if "image_tokens" in batch:
+            memory = batch["image_tokens"]
+        elif "image_features" in batch:
             memory = self.image_encoder.proj(batch["image_features"].to(self.wte.weight.dtype))
         else:
             memory = self.encode_images(batch["pixel_values"])

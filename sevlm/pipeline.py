@@ -50,12 +50,17 @@ def build_pipeline(
     data: ArtemisData,
     config: ExampleConfig,
     *,
-    epoch: int = 0,
+    epoch: int | None = 0,
     splits: tuple[str, ...] = SPLITS,
     batch_size: int = 32,
     num_cpus: float = 0.25,
 ) -> Pipeline:
-    """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``."""
+    """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``.
+
+    With ``epoch=None`` the datasets stop after decoding: rows keep their ``annotations`` and
+    the consumer draws each epoch's pairs itself (:func:`sevlm.examples.encode_batch`), as the
+    trainer does, since one dataset serves every epoch.
+    """
     counter = DropCounter.remote()
 
     def decode(batch: dict) -> dict:
@@ -72,5 +77,7 @@ def build_pipeline(
         table = datasets.Dataset.from_dict(painting_records(data.split(split)))
         ds = ray.data.from_huggingface(table)
         opts = {"batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus}
-        result[split] = ds.map_batches(encode, **opts).map_batches(decode, **opts)
+        if epoch is not None:
+            ds = ds.map_batches(encode, **opts)
+        result[split] = ds.map_batches(decode, **opts)
     return Pipeline(result, counter)

@@ -234,13 +234,28 @@ def test_config_validation_and_overrides() -> None:
         tiny(temperature=0)
     with pytest.raises(ValueError, match="divisible"):
         tiny(n_head=3)
-    with pytest.raises(ValueError, match="unknown model config keys: nope"):
+    with pytest.raises(ValueError, match="unknown ModelConfig keys: nope"):
         ModelConfig.from_dict({"nope": 1})
-    with pytest.raises(ValueError, match="no model preset 'huge'"):
+    with pytest.raises(ValueError, match="no preset 'huge'"):
         ModelConfig.preset("huge")
-    assert parse_overrides(["w_cl=0.5", "use_vad_embeddings=false", "name=x"]) == {
-        "w_cl": 0.5, "use_vad_embeddings": False, "name": "x",
+    assert parse_overrides(["w_cl=0.5", "use_vad_embeddings=false", "name=x", "lr=3e-3"]) == {
+        "w_cl": 0.5, "use_vad_embeddings": False, "name": "x", "lr": 0.003,
     }  # fmt: skip
+
+
+def test_load_configs_layers_preset_file_and_overrides(tmp_path) -> None:
+    from sevlm.config import load_configs
+
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: tiny\nmodel:\n  w_cl: 0.25\ntrain:\n  lr: 0.01\n  max_steps: 7\n")
+    model, train = load_configs("paper", path, {"train.max_steps": 9, "temperature": 0.5})
+    assert model.name == "tiny" and model.w_cl == 0.25 and model.temperature == 0.5
+    assert train.lr == 0.01 and train.max_steps == 9 and train.batch_size == 16
+    with pytest.raises(ValueError, match="neither model nor train"):
+        load_configs("tiny", None, {"nope": 1})
+    path.write_text("modle:\n  w_cl: 1\n")
+    with pytest.raises(ValueError, match="unknown sections modle"):
+        load_configs("tiny", path)
 
 
 def test_gpt2_weights_map_onto_the_decoder(tokenizer) -> None:

@@ -1,0 +1,189 @@
+"""Training without Ray: the config, the optimizer and schedule, one step, and evaluation.
+
+The Ray Train loop (``sevlm_train``) and a plain single-process run call the same
+:class:`Stepper` and :func:`evaluate_shard`, so a benchmark of one measures the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from sevlm.artemis import Painting
+from sevlm.config import TrainConfig
+from sevlm.examples import ExampleConfig, iter_batches
+from sevlm.generate import Decoder
+from sevlm.metrics import bleu, emotion_accuracy
+from sevlm.model import SEVLM
+
+MODEL_INPUTS = ("pixel_values", "input_ids", "labels", "segment_ids", "vad", "vad_mask", "has_pair")
+LOSS_TERMS = ("loss", "lm_loss", "vad_loss", "cl_loss")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None: full fp32)."""
+    if precision == "fp32" or device.type != "cuda":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def parameter_groups(model: SEVLM, config: TrainConfig) -> list[dict[str, Any]]:
+    """The released recipe's groups: the VAD encoder at ``lr_vad``, everything else at ``lr``."""
+    vad, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (vad if name.startswith("vad_encoder.") else rest).append(p)
+    groups = [{"params": rest, "lr": config.lr, "weight_decay": config.weight_decay}]
+    if vad:
+        groups.append({"params": vad, "lr": config.lr_vad, "weight_decay": config.weight_decay})
+    return groups
+
+
+def linear_schedule(config: TrainConfig):
+    """Multiplier of the learning rate at each step: warm-up, then linear decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.max_steps - config.warmup_steps)
+        return max(0.0, 1.0 - (step - config.warmup_steps) / span)
+
+    return factor
+
+
+class Stepper:
+    """One optimizer step: autocast forward, (scaled) backward, clip, step, schedule.
+
+    ``model`` may be wrapped (DDP); ``module`` is the bare model, for parameter groups.
+    """
+
+    def __init__(self, model: nn.Module, module: SEVLM, config: TrainConfig, device: torch.device):
+        self.model, self.config, self.device = model, config, device
+        self.dtype = autocast_dtype(config.precision, device)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(module, config), fused=device.type == "cuda"
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(config))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        self.model.train()
+        with self.autocast():
+            out = self.model(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        clip = self.config.grad_clip or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        metrics = {f"train/{k}": _item(getattr(out, k)) for k in LOSS_TERMS}
+        metrics["train/grad_norm"] = float(grad_norm)
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        return {k: v for k, v in metrics.items() if v is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def _item(x: torch.Tensor | None) -> float | None:
+    return None if x is None else float(x.detach())
+
+
+def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    """The model's inputs of a numpy batch, as tensors on ``device``."""
+    return {k: torch.as_tensor(batch[k]).to(device, non_blocking=True) for k in MODEL_INPUTS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation, sharded across workers and reduced
+
+
+def eval_shard(
+    paintings: list[Painting], rank: int, world: int, limit: int | None
+) -> list[Painting]:
+    """This worker's part of the evaluation images: every image exactly once across workers."""
+    ordered = sorted(paintings, key=lambda p: p.key)[:limit]
+    return ordered[rank::world]
+
+
+@torch.no_grad()
+def evaluate_shard(
+    model: SEVLM,
+    paintings: list[Painting],
+    example_config: ExampleConfig,
+    decoder: Decoder,
+    device: torch.device,
+    *,
+    batch_size: int = 32,
+    max_new_tokens: int = 25,
+    autocast=nullcontext,
+) -> dict[str, Any]:
+    """Loss sums and generations for a shard of images: partial results for :func:`reduce_eval`."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    n_images, predictions = 0, {}
+    for batch in iter_batches(paintings, example_config, batch_size, epoch=0):
+        tensors = to_device(batch, device)
+        with autocast():
+            memory = model.encode_images(tensors["pixel_values"])
+            out = model({**tensors, "image_tokens": memory})
+        b = len(batch["key"])
+        n_images += b
+        for term in LOSS_TERMS:
+            value = getattr(out, term)
+            if value is not None:  # a removed head has no loss to report
+                sums[term] = sums.get(term, 0.0) + float(value) * b
+        rows = decoder.generate(memory.float(), max_new_tokens)
+        for key, row in zip(batch["key"], rows, strict=True):
+            said = decoder.parse(decoder.tokenizer.decode(row, skip_special_tokens=True))
+            predictions[str(key)] = (said.emotion, said.explanation)
+    model.train(was_training)
+    return {"sums": sums, "n_images": n_images, "predictions": predictions}
+
+
+def reduce_eval(parts: Iterable[dict[str, Any]], paintings: list[Painting]) -> dict[str, float]:
+    """Validation figures from every worker's partial results (or one process's)."""
+    parts = list(parts)
+    n = sum(p["n_images"] for p in parts)
+    predictions = {k: v for p in parts for k, v in p["predictions"].items()}
+    by_key = {p.key: p for p in paintings}
+    annotations = {k: [a.emotion for a in by_key[k].annotations] for k in predictions}
+    references = {k: [a.text for a in by_key[k].annotations if a.text] for k in predictions}
+    terms = sorted({t for p in parts for t in p["sums"]})
+    metrics = {f"val/{t}": sum(p["sums"].get(t, 0.0) for p in parts) / max(n, 1) for t in terms}
+    accuracy = emotion_accuracy({k: v[0] for k, v in predictions.items()}, annotations)
+    scores = bleu({k: v[1] for k, v in predictions.items()}, references)
+    metrics.update(
+        {
+            "val/emotion_accuracy": accuracy["emotion_accuracy"],
+            "val/bleu1": scores[0],
+            "val/bleu4": scores[3],
+            "val/images": float(n),
+        }
+    )
+    return metrics
