@@ -131,6 +131,12 @@ class DataSource:
     def describe(self) -> dict[str, str | None]:
         return {k: None if v is None else str(v) for k, v in asdict(self).items()}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, str | None]) -> DataSource:
+        """The inverse of :meth:`describe` (how workers receive the source)."""
+        paths = ("csv", "images", "lexicon", "contrastive")
+        return cls(**{k: _path(v) if k in paths else v for k, v in values.items()})
+
 
 def _path(p: str | Path | None) -> Path | None:
     """Absolute: Ray workers may run in another working directory (a job's working_dir)."""

@@ -35,7 +35,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         default="v1",
         help="v1.0 rows, v2.0 contrastive rows, or combined: v2.0 + an equal seeded v1.0 sample",
     )
-    g.add_argument("--seed", type=int, default=0, help="seed of the split and sampling (default 0)")
+    g.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the split, sampling and training (default 0; train: the config's)",
+    )
     g.add_argument(
         "--no-text-prep",
         action="store_true",
@@ -78,7 +82,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     data = load_artemis(
         source,
-        seed=args.seed,
+        seed=args.seed or 0,
         decode_images=True,
         prep=UtterancePrep(enabled=not args.no_text_prep),
         progress=_progress,
@@ -96,6 +100,38 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     if report.rows_kept == 0:
         print("error: no usable rows", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sevlm.config import load_configs, parse_overrides
+    from sevlm.tracking import DEFAULT_EXPERIMENT
+    from sevlm_train.driver import Scaling, run_training
+
+    model_cfg, train_cfg = load_configs(args.preset, args.config, parse_overrides(args.overrides))
+    if args.max_steps is not None:
+        train_cfg.max_steps = args.max_steps
+    if args.seed is not None:
+        train_cfg.seed = args.seed
+    outcome = run_training(
+        source_from_args(args),
+        model_cfg,
+        train_cfg,
+        output=args.output,
+        name=args.name,
+        scaling=Scaling(num_workers=args.num_workers, max_failures=args.max_failures),
+        storage=args.storage,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment or DEFAULT_EXPERIMENT,
+        data_seed=args.seed or 0,
+        prep=UtterancePrep(enabled=not args.no_text_prep),
+        printer=_progress,
+    )
+    print(f"model: {outcome.model_dir}")
+    print(f"MLflow run: {outcome.run_id} (model {outcome.model_uri})")
+    for key in ("val/emotion_accuracy", "val/bleu4"):
+        if key in outcome.metrics:
+            print(f"{key}: {outcome.metrics[key]:.4f}")
     return 0
 
 
@@ -123,6 +159,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(check)
     check.add_argument("--report", type=Path, help="write the JSON report here")
     check.set_defaults(func=cmd_data_check)
+
+    train = commands.add_parser(
+        "train",
+        help="train one model with Ray Train, tracked in MLflow",
+        description="Train one model. Settings come from --preset, then --config, then "
+        "KEY=VALUE overrides (model.FIELD, train.FIELD or a bare field name).",
+    )
+    add_data_args(train)
+    train.add_argument("--preset", default="tiny", help="model and training preset (default tiny)")
+    train.add_argument("--config", type=Path, help="YAML with model: and train: sections")
+    train.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (1 per GPU)")
+    train.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
+    train.add_argument("--output", type=Path, default=Path("runs"), help="output folder (runs/)")
+    train.add_argument("--name", help="run name (default: a hash of configs and data; the same "
+                       "name resumes the run)")  # fmt: skip
+    train.add_argument("--storage", help="Ray storage for checkpoints (default OUTPUT/ray)")
+    train.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI "
+                       "or ./mlflow.db)")  # fmt: skip
+    train.add_argument("--experiment", help="MLflow experiment (default sevlm)")
+    train.add_argument("--max-failures", type=int, default=2, help="worker restarts allowed")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

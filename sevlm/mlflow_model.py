@@ -1,0 +1,69 @@
+"""The MLflow pyfunc model, defined by code: MLflow runs this file to build it.
+
+Input: a DataFrame with an ``image`` column of base64-encoded image bytes (or file paths).
+Output: one row per image with ``emotion``, ``explanation``, ``valence``, ``arousal``,
+``dominance`` (NaN when the explanation has no lexicon word).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import pandas as pd
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+from PIL import Image
+
+
+def encode_image(path: Path | str) -> str:
+    """An image file as the base64 text the model takes."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def example_input() -> pd.DataFrame:
+    """A one-image input example: a small grey picture."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(buffer, format="PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})
+
+
+def _read(value: str | bytes) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if len(value) < 4096 and Path(value).is_file():
+        return Path(value).read_bytes()
+    return base64.b64decode(value)
+
+
+class SEVLMModel(PythonModel):
+    def load_context(self, context) -> None:
+        from sevlm.generate import Decoder
+        from sevlm.images import ImageTransform
+        from sevlm.weights import load_pretrained
+
+        loaded = load_pretrained(context.artifacts["model"])
+        cfg = loaded.model.config
+        self.decoder = Decoder(loaded.model, loaded.tokenizer, loaded.lexicon)
+        self.transform = ImageTransform(cfg.image_size, cfg.image_mean, cfg.image_std)
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        import torch
+
+        from sevlm.images import load_rgb
+
+        pixels = torch.stack(
+            [torch.as_tensor(self.transform(load_rgb(_read(v)))) for v in model_input["image"]]
+        )
+        rows = []
+        for said in self.decoder.explain(pixels):
+            v, a, d = said.vad if said.vad is not None else (float("nan"),) * 3
+            rows.append(
+                {"emotion": said.emotion, "explanation": said.explanation,
+                 "valence": v, "arousal": a, "dominance": d}
+            )  # fmt: skip
+        return pd.DataFrame(rows)
+
+
+set_model(SEVLMModel())

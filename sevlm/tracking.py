@@ -1,0 +1,185 @@
+"""MLflow: one run per training run, metric logging that survives restarts, the logged model.
+
+A restarted worker group replays the steps since its last checkpoint; :class:`MetricLogger`
+skips steps the run already holds, so the run has no duplicated steps and no gaps.
+Transient tracking errors are retried, then reported, never raised into training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "sevlm"
+RUN_NAME_TAG = "sevlm.run_name"
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used: unreachable, or refused the run."""
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI: given, else ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` here.
+
+    A local store becomes an absolute path: workers run in other directories.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).absolute())
+    if "://" not in uri:
+        return Path(uri).absolute().as_uri()
+    return uri
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, and clearly, when the tracking store cannot be reached."""
+    env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        client_for(uri).search_experiments(max_results=1)
+    except Exception as e:  # connection refused, DNS, auth: all mean "cannot track here"
+        raise TrackingError(
+            f"cannot reach the MLflow tracking store at {uri}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}. Start it (e.g. `mlflow server --host 127.0.0.1 "
+            "--port 5000`) or set --tracking-uri / MLFLOW_TRACKING_URI."
+        ) from e
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"model.vision.hidden_size": "128", ...}`` (MLflow params are text)."""
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+def find_or_create_run(
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: Mapping[str, Any],
+    parent_run_id: str | None = None,
+) -> tuple[str, bool]:
+    """The MLflow run of a training run, found by its name tag, or created (with params).
+
+    Returns ``(run_id, created)``: after a restart the same run is continued.
+    """
+    client = client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+    )
+    if runs:
+        run_id = runs[0].info.run_id
+        if runs[0].info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id, False
+    tags = {RUN_NAME_TAG: run_name}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    flat = flatten(params)
+    items = list(flat.items())
+    from mlflow.entities import Param
+
+    for start in range(0, len(items), 100):
+        client.log_batch(
+            run.info.run_id, params=[Param(k, v) for k, v in items[start : start + 100]]
+        )
+    return run.info.run_id, True
+
+
+class MetricLogger:
+    """Logs metrics to one run, skipping steps it already holds; retries, never raises."""
+
+    def __init__(self, uri: str, run_id: str, retries: int = 3, backoff_s: float = 1.0) -> None:
+        self.client, self.run_id = client_for(uri), run_id
+        self.retries, self.backoff_s = retries, backoff_s
+        self._last_step: dict[str, int] = {}
+        self.failures = 0
+
+    def _last(self, key: str) -> int | None:
+        """The last step the run holds for ``key`` (-1: none; None: the store did not answer)."""
+        if key not in self._last_step:
+            ok, history = self._call(self.client.get_metric_history, self.run_id, key)
+            if not ok:
+                return None
+            self._last_step[key] = max((m.step for m in history), default=-1)
+        return self._last_step[key]
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        fresh = {}
+        for key, value in metrics.items():
+            last = self._last(key)
+            if last is not None and step > last:
+                fresh[key] = float(value)
+        if not fresh:
+            return
+        now = int(time.time() * 1000)
+        batch = [Metric(k, v, now, step) for k, v in fresh.items()]
+        ok, _ = self._call(self.client.log_batch, self.run_id, metrics=batch)
+        if ok:
+            self._last_step.update(dict.fromkeys(fresh, step))
+
+    def _call(self, fn, *args, **kwargs) -> tuple[bool, Any]:
+        """``(True, result)``, or ``(False, None)`` after the retries; never raises."""
+        for attempt in range(self.retries + 1):
+            try:
+                return True, fn(*args, **kwargs)
+            except Exception as e:  # a tracking hiccup must never stop training
+                if attempt == self.retries:
+                    self.failures += 1
+                    log.warning(
+                        "MLflow %s failed %d times, going on: %s", fn.__name__, attempt + 1, e
+                    )
+                    return False, None
+                time.sleep(self.backoff_s * 2**attempt)
+        return False, None
+
+
+def log_model(uri: str, run_id: str, model_dir: Path) -> str:
+    """Log a model directory as an MLflow pyfunc model of ``run_id``; returns its model URI.
+
+    The model is defined by code (``sevlm/mlflow_model.py``), not by a pickled object.
+    """
+    import mlflow
+
+    from sevlm.mlflow_model import example_input
+
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"model": str(model_dir)},
+            input_example=example_input(),
+            pip_requirements=["sevlm", "torch", "transformers", "safetensors", "pillow"],
+        )
+    return info.model_uri

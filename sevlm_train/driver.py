@@ -1,0 +1,253 @@
+"""One training run on Ray: check the data, open the MLflow run, fit a TorchTrainer, export.
+
+``run_training`` is what ``sevlm train`` calls, and what each search trial calls with its
+own hyperparameters. The run name is deterministic (a hash of the configs and data), so the
+same command resumes an interrupted run from its storage instead of starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from sevlm.artemis import ArtemisData, DataSource, load_artemis
+from sevlm.config import ModelConfig, TrainConfig
+from sevlm.examples import ExampleConfig
+from sevlm.lexicon import VADLexicon, read_lexicon
+from sevlm.pipeline import build_pipeline
+from sevlm.text import UtterancePrep
+from sevlm.tokenizer import load_tokenizer
+from sevlm.tracking import (
+    DEFAULT_EXPERIMENT,
+    check_reachable,
+    client_for,
+    find_or_create_run,
+    log_model,
+    resolve_tracking_uri,
+)
+from sevlm.weights import build_model, save_pretrained
+from sevlm_train.loop import train_loop_per_worker
+
+Printer = Callable[[str], None]
+
+
+@dataclass
+class Scaling:
+    """How a run uses the cluster."""
+
+    num_workers: int = 1
+    """Ray Train workers: one per GPU."""
+    use_gpu: bool | None = None
+    """None: use GPUs when the cluster has them."""
+    cpus_per_worker: float | None = None
+    """None: 1 with GPUs; on CPU-only machines a share that leaves room for data tasks."""
+    gpus_per_worker: float = 1.0
+    """GPUs per worker (fractions let small trials share a GPU)."""
+    max_failures: int = 2
+    """Worker-group restarts before the run fails."""
+
+
+@dataclass
+class TrainOutcome:
+    name: str
+    run_id: str
+    model_dir: Path
+    model_uri: str
+    metrics: dict[str, Any]
+
+
+def run_name(model: ModelConfig, train: TrainConfig, source: DataSource, seed: int) -> str:
+    """``<preset>-<hash>``: the same configs and data give the same name, hence a resume."""
+    blob = json.dumps([model.to_dict(), train.to_dict(), source.describe(), seed], sort_keys=True)
+    return f"{model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def ensure_ray(printer: Printer) -> None:
+    """Join the cluster in RAY_ADDRESS, or start a local one; quiet Ray Data's progress bars."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))
+        printer(f"ray: {ray.cluster_resources()}")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def scaling_config(scaling: Scaling) -> tuple[ray.train.ScalingConfig, int]:
+    """Ray's scaling config and the torch threads per worker, from the cluster's resources."""
+    resources = ray.cluster_resources()
+    use_gpu = scaling.use_gpu if scaling.use_gpu is not None else resources.get("GPU", 0) > 0
+    cpus = scaling.cpus_per_worker
+    if cpus is None:
+        total = resources.get("CPU", 1)
+        cpus = 1.0 if use_gpu else max(0.25, min(1.0, (total - 0.5) / scaling.num_workers))
+    per_worker: dict[str, float] = {"CPU": cpus}
+    if use_gpu:
+        per_worker["GPU"] = scaling.gpus_per_worker
+    threads = (
+        max(1, math.floor(resources.get("CPU", 1) / scaling.num_workers)) if not use_gpu else 1
+    )
+    config = ray.train.ScalingConfig(
+        num_workers=scaling.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+    )
+    return config, threads
+
+
+def run_training(
+    source: DataSource,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    output: Path,
+    name: str | None = None,
+    scaling: Scaling | None = None,
+    storage: str | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    data_seed: int = 0,
+    prep: UtterancePrep | None = None,
+    parent_run_id: str | None = None,
+    data: ArtemisData | None = None,
+    printer: Printer = print,
+) -> TrainOutcome:
+    """Train one model with Ray Train and MLflow; write the best model to ``output/model``."""
+    scaling = scaling or Scaling()
+    prep = prep or UtterancePrep()
+    if train_cfg.batch_size % scaling.num_workers:
+        raise ValueError(
+            f"train.batch_size {train_cfg.batch_size} does not split evenly among "
+            f"{scaling.num_workers} workers"
+        )
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    if data is None:
+        printer("checking the data (every image is decoded once)...")
+        data = load_artemis(source, seed=data_seed, decode_images=True, prep=prep, progress=printer)
+        printer(data.report.summary())
+    if not data.split("train") or not data.split("val"):
+        raise ValueError("the data has no training or no validation paintings")
+    name = name or run_name(model_cfg, train_cfg, source, data_seed)
+    output = Path(output).absolute()
+    storage = storage or str(output / "ray")
+    example = ExampleConfig(
+        image_size=model_cfg.image_size,
+        mean=model_cfg.image_mean,
+        std=model_cfg.image_std,
+        max_len=model_cfg.max_len,
+        tokenizer=model_cfg.tokenizer,
+        lexicon=None if source.lexicon is None else str(source.lexicon),
+        seed=train_cfg.seed,
+    )
+    params = {
+        "model": model_cfg.to_dict(),
+        "train": train_cfg.to_dict(),
+        "data": {**source.describe(), "seed": data_seed, "text_prep": dataclasses.asdict(prep)},
+        "scaling": dataclasses.asdict(scaling),
+    }
+    run_id, created = find_or_create_run(uri, experiment, name, params, parent_run_id)
+    if created:
+        client_for(uri).log_dict(run_id, data.report.to_dict(), "data_report.json")
+    printer(f"run {name}: MLflow run {run_id} ({'new' if created else 'resumed'}) at {uri}")
+
+    ensure_ray(printer)
+    config, threads = scaling_config(scaling)
+    pipeline = build_pipeline(data, example, epoch=None, splits=("train",))
+    env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "model": model_cfg.to_dict(),
+            "train": train_cfg.to_dict(),
+            "example": dataclasses.asdict(example),
+            "source": source.describe(),
+            "data_seed": data_seed,
+            "prep": dataclasses.asdict(prep),
+            "tracking_uri": uri,
+            "run_id": run_id,
+            "threads": threads,
+        },
+        scaling_config=config,
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=train_cfg.keep_checkpoints,
+                checkpoint_score_attribute=train_cfg.select_metric,
+                checkpoint_score_order=train_cfg.select_mode,
+            ),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+        datasets={"train": pipeline.datasets["train"]},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        client_for(uri).set_terminated(run_id, status="FAILED")
+        raise
+    best = result.get_best_checkpoint(train_cfg.select_metric, train_cfg.select_mode)
+    best_metrics = next(
+        (m for c, m in result.best_checkpoints if best is not None and c.path == best.path),
+        result.metrics or {},
+    )
+    if best is None:
+        raise RuntimeError(f"run {name} finished without a checkpoint")
+    metrics = {k: v for k, v in best_metrics.items() if isinstance(v, int | float)}
+    model_dir = export_model(best, model_cfg, source, output / "model", train_cfg, metrics)
+    model_uri = log_model(uri, run_id, model_dir)
+    client = client_for(uri)
+    dropped = pipeline.dropped()
+    for reason, count in dropped.items():
+        client.log_metric(run_id, f"pipeline/{reason}", count)
+    client.set_terminated(run_id, status="FINISHED")
+    printer(f"best checkpoint: step {metrics.get('step')}, {train_cfg.select_metric} "
+            f"{metrics.get(train_cfg.select_metric)}")  # fmt: skip
+    return TrainOutcome(name, run_id, model_dir, model_uri, metrics)
+
+
+def export_model(
+    checkpoint: ray.train.Checkpoint,
+    model_cfg: ModelConfig,
+    source: DataSource,
+    target: Path,
+    train_cfg: TrainConfig,
+    metrics: dict[str, Any],
+) -> Path:
+    """Write a checkpoint's model as a model directory, atomically (a folder swapped in)."""
+    from safetensors.torch import load_file
+
+    cfg = ModelConfig.from_dict(
+        {**model_cfg.to_dict(), "decoder_weights": None, "vision_weights": None}
+    )
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    model = build_model(cfg, tokenizer)
+    with checkpoint.as_directory() as folder:
+        model.load_state_dict(load_file(Path(folder) / "model.safetensors"))
+    # the config as trained (where the pretrained weights came from), not as rebuilt
+    model.config = model_cfg
+    lexicon = read_lexicon(source.lexicon) if source.lexicon else VADLexicon({})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
+    save_pretrained(
+        model, staging, tokenizer, lexicon, training=train_cfg.to_dict(), metrics=metrics
+    )
+    if target.exists():
+        old = target.with_name(f".{target.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old)
+    else:
+        staging.rename(target)
+    return target

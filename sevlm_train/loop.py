@@ -1,0 +1,222 @@
+"""The Ray Train loop: what every worker of a training run (and of every search trial) runs.
+
+Each worker reads its shard of the training images, draws the epoch's annotation pairs,
+and steps the model with :class:`sevlm.training.Stepper`. At each validation the workers
+evaluate disjoint slices of the validation images, gather them, and rank 0 writes a
+checkpoint (model, optimizer, scheduler, scaler, step, data position, RNG states) that Ray
+persists and reports with the metrics. A restarted worker group resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from sevlm.artemis import DataSource, load_artemis
+from sevlm.config import ModelConfig, TrainConfig
+from sevlm.examples import ExampleConfig, encode_batch
+from sevlm.generate import Decoder
+from sevlm.lexicon import VADLexicon, read_lexicon
+from sevlm.text import UtterancePrep
+from sevlm.tokenizer import load_tokenizer
+from sevlm.tracking import MetricLogger
+from sevlm.training import Stepper, eval_shard, evaluate_shard, reduce_eval, to_device
+from sevlm.weights import build_model
+
+FAIL_AT_STEP = "SEVLM_FAIL_AT_STEP"
+"""Testing hook: rank 0 raises once when it reaches this step (see :class:`FaultHook`)."""
+FAIL_MARKER = "SEVLM_FAIL_MARKER"
+"""Testing hook: the file that records the fault was injected, so it happens once."""
+TRACE_DIR = "SEVLM_TRACE_DIR"
+"""Testing hook: each worker appends the keys of the images it trains on to a file here."""
+
+
+@dataclass
+class TrainState:
+    """Where training is: saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    stale: int = 0
+    stopped: bool = False
+
+
+class FaultHook:
+    """Raises once at a chosen step, to test recovery (``SEVLM_FAIL_AT_STEP``)."""
+
+    def __init__(self, rank: int) -> None:
+        step = os.environ.get(FAIL_AT_STEP)
+        self.step = int(step) if step and rank == 0 else None
+        self.marker = Path(os.environ.get(FAIL_MARKER, "sevlm-fault-injected"))
+
+    def check(self, step: int) -> None:
+        if self.step == step and not self.marker.exists():
+            self.marker.write_text(f"failed at step {step}\n")
+            raise RuntimeError(f"injected fault at step {step} ({FAIL_AT_STEP})")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    train_cfg = TrainConfig(**config["train"])
+    model_cfg = ModelConfig.from_dict(config["model"])
+    example = ExampleConfig(**config["example"])
+    if config.get("threads"):
+        torch.set_num_threads(config["threads"])
+    torch.manual_seed(train_cfg.seed)
+    random.seed(train_cfg.seed + rank)
+
+    tokenizer = load_tokenizer(model_cfg.tokenizer)
+    lexicon = read_lexicon(example.lexicon) if example.lexicon else VADLexicon({})
+    model = build_model(model_cfg, tokenizer)
+    device = ray.train.torch.get_device()
+    state, saved = TrainState(), None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            model.load_state_dict(load_file(Path(folder) / "model.safetensors"))
+            saved = torch.load(Path(folder) / "trainer.pt", weights_only=True)
+        state = TrainState(**saved["state"])
+        _set_rng(saved["rng"])
+    wrapped = ray.train.torch.prepare_model(model)
+    stepper = Stepper(wrapped, model, train_cfg, device)
+    if saved is not None:
+        stepper.load_state_dict(saved["stepper"])
+        print(f"[sevlm] resumed at step {state.step} (epoch {state.epoch})", flush=True)
+
+    source = DataSource.from_dict(config["source"])
+    data = load_artemis(source, seed=config["data_seed"], prep=UtterancePrep(**config["prep"]))
+    val = data.split("val")
+    val_shard = eval_shard(val, rank, world, train_cfg.val_max_images)
+    decoder = Decoder(model, tokenizer, lexicon)
+    logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    fault = FaultHook(rank)
+    trace = _trace_file(rank)
+    per_worker = train_cfg.batch_size // world
+    shard = ray.train.get_dataset_shard("train")
+
+    def validate() -> None:
+        part = evaluate_shard(
+            model, val_shard, example, decoder, device, batch_size=per_worker,
+            max_new_tokens=train_cfg.max_new_tokens, autocast=stepper.autocast,
+        )  # fmt: skip
+        parts = [None] * world
+        if world > 1:
+            dist.all_gather_object(parts, part)
+        else:
+            parts = [part]
+        metrics = reduce_eval(parts, val)
+        score = metrics[train_cfg.select_metric]
+        if train_cfg.better(score, state.best):
+            state.best, state.stale = score, 0
+        else:
+            state.stale += 1
+        state.stopped = 0 < train_cfg.early_stop <= state.stale
+        metrics.update({"step": state.step, "epoch": state.epoch, "best": state.best})
+        _report(metrics, model, stepper, state, rank)
+        if logger is not None:
+            logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, state.step)
+            print(_line("val", state.step, metrics), flush=True)
+
+    since, images_since = time.perf_counter(), 0
+    while state.step < train_cfg.max_steps and not state.stopped:
+        seen = 0
+        for batch in shard.iter_batches(
+            batch_size=per_worker,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=4 * per_worker,
+            local_shuffle_seed=train_cfg.seed + state.epoch,
+        ):
+            seen += 1
+            if seen <= state.batch_in_epoch:
+                continue  # resumed inside this epoch: these batches were trained already
+            fault.check(state.step + 1)
+            tensors = to_device(encode_batch(batch, example, state.epoch), device)
+            if trace is not None:
+                with open(trace, "a") as f:
+                    f.write(f"{state.epoch}\t" + "\t".join(map(str, batch["key"])) + "\n")
+            metrics = stepper.step(tensors)
+            state.step += 1
+            state.batch_in_epoch += 1
+            images_since += per_worker
+            if logger is not None and state.step % train_cfg.log_every == 0:
+                now = time.perf_counter()
+                metrics["train/images_per_s"] = images_since / max(now - since, 1e-9) * world
+                since, images_since = now, 0
+                logger.log(metrics, state.step)
+                print(_line("train", state.step, metrics), flush=True)
+            if state.step % train_cfg.val_every == 0 or state.step == train_cfg.max_steps:
+                validate()
+            if state.step >= train_cfg.max_steps or state.stopped:
+                break
+        else:
+            if seen == 0:
+                raise RuntimeError(
+                    f"worker {rank} got no batch of {per_worker} images: the training split "
+                    "is smaller than the batch; lower train.batch_size"
+                )
+            state.epoch += 1
+            state.batch_in_epoch = 0
+
+
+def _report(metrics: dict, model, stepper: Stepper, state: TrainState, rank: int) -> None:
+    """Every worker reports (a barrier); rank 0 attaches the checkpoint, written atomically:
+    into a fresh folder that Ray copies to storage before it counts as reported."""
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="sevlm-ckpt-") as folder:
+        state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state_dict, Path(folder) / "model.safetensors")
+        torch.save(
+            {
+                "stepper": stepper.state_dict(),
+                "state": dataclasses.asdict(state),
+                "rng": _get_rng(),
+            },
+            Path(folder) / "trainer.pt",
+        )
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _get_rng() -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _trace_file(rank: int) -> Path | None:
+    folder = os.environ.get(TRACE_DIR)
+    return Path(folder) / f"rank{rank}.tsv" if folder else None
+
+
+def _line(kind: str, step: int, metrics: dict) -> str:
+    shown = ", ".join(
+        f"{k.split('/')[-1]} {v:.4g}" for k, v in metrics.items()
+        if k.startswith(f"{kind}/") and isinstance(v, float)
+    )  # fmt: skip
+    return f"[sevlm] {kind} step {step}: {shown}"
