@@ -40,25 +40,35 @@ def contrastive_loss(
     explanation: Tensor,
     valid: Tensor,
     temperature: float,
+    group_size: int | None = None,
 ) -> Tensor:
-    """Cross-entropy of each valid anchor's own explanation among all valid candidates.
+    """Cross-entropy of each valid anchor's own explanation among the valid candidates.
 
     ``image``, ``emotion``, ``explanation`` are ``[N, C]`` per sequence (sequences of one image
-    adjacent); ``valid [N]`` marks sequences of images with two distinct emotions.
+    adjacent); ``valid [N]`` marks sequences of images with two distinct emotions. Candidates
+    are every valid explanation of the global batch; with ``group_size`` (evaluation), only
+    those of the anchor's own image, gathered from nowhere.
     """
-    candidates, offset = gather_with_grad(explanation)
-    candidate_valid, _ = gather_with_grad(valid.to(torch.uint8))
+    if group_size is None:
+        candidates, offset = gather_with_grad(explanation)
+        candidate_valid, _ = gather_with_grad(valid.to(torch.uint8))
+    else:
+        candidates, offset, candidate_valid = explanation, 0, valid
     if not bool(valid.any()):
         # No pair here: a zero that still runs the scorer, so DDP sees all its parameters used.
         return scorer(image[:1], emotion[:1], candidates[:1]).sum() * 0.0
     anchors = valid.nonzero().squeeze(1)
+    allowed = candidate_valid.bool()[None, :].expand(len(anchors), -1)
+    if group_size is not None:
+        groups = torch.arange(len(candidates), device=valid.device) // group_size
+        allowed = allowed & (groups[None, :] == (anchors // group_size)[:, None])
     scores = scorer(image[anchors], emotion[anchors], candidates)
-    return scores_to_loss(scores, anchors + offset, candidate_valid.bool(), temperature)
+    return scores_to_loss(scores, anchors + offset, allowed, temperature)
 
 
-def scores_to_loss(
-    scores: Tensor, targets: Tensor, candidate_valid: Tensor, temperature: float
-) -> Tensor:
-    """Mean cross-entropy of ``scores [A, K] / temperature`` with invalid candidates removed."""
-    logits = (scores.float() / temperature).masked_fill(~candidate_valid[None, :], float("-inf"))
+def scores_to_loss(scores: Tensor, targets: Tensor, allowed: Tensor, temperature: float) -> Tensor:
+    """Mean cross-entropy of ``scores [A, K] / temperature`` over the ``allowed`` candidates
+    (``[K]``, the same for every anchor, or ``[A, K]``)."""
+    mask = allowed if allowed.dim() == 2 else allowed[None, :]
+    logits = (scores.float() / temperature).masked_fill(~mask, float("-inf"))
     return F.cross_entropy(logits, targets)

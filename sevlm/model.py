@@ -167,13 +167,16 @@ class DecoderState:
 
 @dataclass
 class SEVLMOutput:
-    """The total loss, each term apart (for logging), and the LM logits."""
+    """The total loss, each term apart (for logging), the LM logits, and what each term
+    averaged over (so evaluation can add batches up exactly)."""
 
     loss: Tensor
     lm_loss: Tensor
     vad_loss: Tensor | None
     cl_loss: Tensor | None
     logits: Tensor
+    counts: dict[str, int]
+    """Predicted tokens (lm_loss), known VAD targets (vad_loss), anchors (cl_loss)."""
 
 
 class SEVLM(nn.Module):
@@ -265,31 +268,38 @@ class SEVLM(nn.Module):
             memory.repeat_interleave(pair, dim=0),
         )  # fmt: skip
         logits = self.logits(hidden)
+        targets = flat["labels"][:, 1:]
         lm_loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), flat["labels"][:, 1:].flatten(), ignore_index=-100
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100
         )
+        counts = {"lm_loss": int((targets != -100).sum())}
         loss, vad_loss, cl_loss = lm_loss, None, None
         if self.vad_head is not None:
+            known = flat["vad_mask"][:, 1:]
             vad_loss = vad_prediction_loss(
-                self.vad_head(hidden[:, :-1]).float(),
-                flat["vad"][:, 1:].float(),
-                flat["vad_mask"][:, 1:],
+                self.vad_head(hidden[:, :-1]).float(), flat["vad"][:, 1:].float(), known
             )
+            counts["vad_loss"] = int(known.sum())
             loss = loss + self.config.w_vad * vad_loss
         if self.cl_head is not None:
-            cl_loss = self._contrastive(hidden, flat, memory, batch["has_pair"], pair)
+            valid = batch["has_pair"].bool().repeat_interleave(pair)
+            cl_loss = self._contrastive(hidden, flat, memory, valid, pair)
+            counts["cl_loss"] = int(valid.sum())
             loss = loss + self.config.w_cl * cl_loss
-        return SEVLMOutput(loss, lm_loss, vad_loss, cl_loss, logits)
+        return SEVLMOutput(loss, lm_loss, vad_loss, cl_loss, logits, counts)
 
-    def _contrastive(self, hidden, flat, memory, has_pair, pair) -> Tensor:
+    def _contrastive(self, hidden, flat, memory, valid, pair) -> Tensor:
+        """In training, negatives come from the global batch. In evaluation they are the
+        image's other explanation only, so the figure does not depend on how images are
+        batched or spread over workers (and evaluation needs no collective)."""
         real = flat["input_ids"] != self.pad_id
         emotion = masked_mean(hidden, flat["segment_ids"] == self.emotion_segment)
         explanation = masked_mean(hidden, (flat["segment_ids"] == self.explanation_segment) & real)
         image = memory.mean(dim=1).repeat_interleave(pair, dim=0)
-        valid = has_pair.bool().repeat_interleave(pair)
         return contrastive_loss(
-            self.cl_head, image, emotion, explanation, valid, self.config.temperature
-        )
+            self.cl_head, image, emotion, explanation, valid, self.config.temperature,
+            group_size=None if self.training else pair,
+        )  # fmt: skip
 
 
 _SEQUENCE_KEYS = ("input_ids", "labels", "segment_ids", "vad", "vad_mask")

@@ -146,6 +146,7 @@ def evaluate_shard(
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     n_images, predictions = 0, {}
     for batch in iter_batches(paintings, example_config, batch_size, epoch=0):
         tensors = to_device(batch, device)
@@ -154,16 +155,19 @@ def evaluate_shard(
             out = model({**tensors, "image_tokens": memory})
         b = len(batch["key"])
         n_images += b
-        for term in LOSS_TERMS:
-            value = getattr(out, term)
-            if value is not None:  # a removed head has no loss to report
-                sums[term] = sums.get(term, 0.0) + float(value) * b
+        for term, count in out.counts.items():  # a removed head has no count, no loss
+            sums[term] = sums.get(term, 0.0) + float(getattr(out, term)) * count
+            counts[term] = counts.get(term, 0) + count
         rows = decoder.generate(memory.float(), max_new_tokens)
         for key, row in zip(batch["key"], rows, strict=True):
             said = decoder.parse(decoder.tokenizer.decode(row, skip_special_tokens=True))
             predictions[str(key)] = (said.emotion, said.explanation)
     model.train(was_training)
-    return {"sums": sums, "n_images": n_images, "predictions": predictions}
+    weights = {"vad_loss": model.config.w_vad, "cl_loss": model.config.w_cl}
+    return {
+        "sums": sums, "counts": counts, "weights": weights,
+        "n_images": n_images, "predictions": predictions,
+    }  # fmt: skip
 
 
 def reduce_eval(parts: Iterable[dict[str, Any]], paintings: list[Painting]) -> dict[str, float]:
@@ -174,8 +178,14 @@ def reduce_eval(parts: Iterable[dict[str, Any]], paintings: list[Painting]) -> d
     by_key = {p.key: p for p in paintings}
     annotations = {k: [a.emotion for a in by_key[k].annotations] for k in predictions}
     references = {k: [a.text for a in by_key[k].annotations if a.text] for k in predictions}
-    terms = sorted({t for p in parts for t in p["sums"]})
-    metrics = {f"val/{t}": sum(p["sums"].get(t, 0.0) for p in parts) / max(n, 1) for t in terms}
+    metrics = {}
+    for term in sorted({t for p in parts for t in p["sums"]}):  # exact: sums over counts
+        total = sum(p["counts"].get(term, 0) for p in parts)
+        metrics[f"val/{term}"] = sum(p["sums"].get(term, 0.0) for p in parts) / max(total, 1)
+    weights = parts[0]["weights"] if parts else {}
+    metrics["val/loss"] = metrics.get("val/lm_loss", 0.0) + sum(
+        w * metrics[f"val/{t}"] for t, w in weights.items() if f"val/{t}" in metrics
+    )
     accuracy = emotion_accuracy({k: v[0] for k, v in predictions.items()}, annotations)
     scores = bleu({k: v[1] for k, v in predictions.items()}, references)
     metrics.update(

@@ -162,6 +162,19 @@ def test_contrastive_candidates_are_the_global_batch_minus_unpaired() -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_evaluation_candidates_are_the_image_s_own_two() -> None:
+    class DotScorer(torch.nn.Module):
+        def forward(self, image, emotion, explanations):
+            return emotion @ explanations.T
+
+    emotion, explanation = torch.eye(4), torch.eye(4) * 5
+    valid = torch.ones(4, dtype=torch.bool)
+    local = contrastive_loss(DotScorer(), torch.zeros(4, 4), emotion, explanation, valid, 1.0, 2)
+    assert local.item() == pytest.approx(-5.0 + math.log(math.exp(5.0) + 1.0), rel=1e-5)
+    batch = contrastive_loss(DotScorer(), torch.zeros(4, 4), emotion, explanation, valid, 1.0)
+    assert batch.item() == pytest.approx(-5.0 + math.log(math.exp(5.0) + 3.0), rel=1e-5)
+
+
 def test_scorer_matches_mlp_over_concatenation() -> None:
     torch.manual_seed(0)
     scorer = ContrastiveScorer(8)

@@ -1,0 +1,161 @@
+"""Training through Ray Train on a local 2-CPU Ray: sharding, checkpoints, failure, resume,
+MLflow runs and the logged model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sevlm.artemis import DataSource, load_artemis
+from sevlm.config import load_configs
+from sevlm.emotions import EMOTIONS
+from sevlm.examples import ExampleConfig
+from sevlm.generate import Decoder
+from sevlm.tracking import client_for
+from sevlm.training import eval_shard, evaluate_shard, reduce_eval
+from sevlm.weights import load_pretrained
+
+ray = pytest.importorskip("ray")
+from sevlm_train.driver import Scaling, run_training  # noqa: E402
+from sevlm_train.loop import FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR  # noqa: E402
+
+SMALL = {
+    "max_steps": 6, "batch_size": 4, "val_every": 2, "log_every": 1,
+    "val_max_images": 6, "max_new_tokens": 6, "warmup_steps": 0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(sample):
+    source = DataSource.resolve(data=str(sample.out))
+    return source, load_artemis(source)
+
+
+def train(tmp_path: Path, data, name: str, workers: int = 1, failures: int = 1, **overrides):
+    source, loaded = data
+    model_cfg, train_cfg = load_configs("tiny", None, {**SMALL, **overrides})
+    return run_training(
+        source,
+        model_cfg,
+        train_cfg,
+        output=tmp_path / name,
+        name=name,
+        scaling=Scaling(num_workers=workers, max_failures=failures),
+        storage=str(tmp_path / "storage"),
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        data=loaded,
+        printer=lambda _: None,
+    )
+
+
+def metric_steps(tmp_path: Path, run_id: str, key: str) -> list[int]:
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def trained_batches(trace: Path) -> list[tuple[int, list[str]]]:
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    return [(int(line.split("\t")[0]), line.split("\t")[1:]) for line in lines]
+
+
+def test_two_workers_disjoint_shards_and_exact_validation(ray_local, data, tmp_path, monkeypatch):
+    monkeypatch.setenv(TRACE_DIR, str(tmp_path / "trace"))
+    (tmp_path / "trace").mkdir()
+    outcome = train(tmp_path, data, "two", workers=2)
+    rank0 = trained_batches(tmp_path / "trace" / "rank0.tsv")
+    rank1 = trained_batches(tmp_path / "trace" / "rank1.tsv")
+    assert len(rank0) == len(rank1) == 6  # each worker stepped 6 times, 2 images a step
+    for epoch in {e for e, _ in rank0}:
+        keys0 = {k for e, ks in rank0 if e == epoch for k in ks}
+        keys1 = {k for e, ks in rank1 if e == epoch for k in ks}
+        assert keys0 and keys1 and not keys0 & keys1
+    checkpoints = sorted((tmp_path / "storage" / "two").glob("checkpoint_*"))
+    assert 1 <= len(checkpoints) <= 3  # the best kept (keep 2) plus the latest
+    assert {"model.safetensors", "trainer.pt"} <= {p.name for p in checkpoints[-1].iterdir()}
+    assert outcome.metrics["step"] in (2, 4, 6)
+    assert metric_steps(tmp_path, outcome.run_id, "val/bleu4") == [2, 4, 6]
+
+    # the reported figures are those of a one-process evaluation of the same model
+    source, loaded = data
+    model = load_pretrained(outcome.model_dir)
+    val = loaded.split("val")
+    example = ExampleConfig(image_size=64, lexicon=str(source.lexicon))
+    part = evaluate_shard(
+        model.model, eval_shard(val, 0, 1, 6), example,
+        Decoder(model.model, model.tokenizer, model.lexicon), torch.device("cpu"),
+        batch_size=3, max_new_tokens=6,
+    )  # fmt: skip
+    again = reduce_eval([part], val)
+    for key in ("val/loss", "val/emotion_accuracy", "val/bleu4", "val/bleu1", "val/images"):
+        assert again[key] == pytest.approx(outcome.metrics[key], rel=1e-4, abs=1e-6), key
+
+    # the logged model loads in a fresh process and explains an image
+    image = next(p.image for p in val)
+    script = f"""
+import json, mlflow, pandas as pd
+from sevlm.mlflow_model import encode_image
+mlflow.set_tracking_uri({f"sqlite:///{tmp_path}/mlflow.db"!r})
+model = mlflow.pyfunc.load_model({outcome.model_uri!r})
+out = model.predict(pd.DataFrame({{"image": [encode_image({str(image)!r}), {str(image)!r}]}}))
+print(json.dumps(out.to_dict(orient="records")))
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=True,
+    )  # fmt: skip
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(rows) == 2 and rows[0] == rows[1]
+    assert rows[0]["emotion"] in (*EMOTIONS, "unknown") and isinstance(rows[0]["explanation"], str)
+
+
+def test_a_killed_worker_resumes_without_gaps_or_duplicates(ray_local, data, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAIL_AT_STEP, "3")
+    monkeypatch.setenv(FAIL_MARKER, str(tmp_path / "fault"))
+    outcome = train(tmp_path, data, "fault", failures=1)
+    assert (tmp_path / "fault").read_text().startswith("failed at step 3")
+    assert outcome.metrics["step"] in (2, 4, 6)
+    assert metric_steps(tmp_path, outcome.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
+    assert metric_steps(tmp_path, outcome.run_id, "val/bleu4") == [2, 4, 6]
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("sevlm").experiment_id])
+    assert [r.info.run_id for r in runs] == [outcome.run_id]
+    assert runs[0].info.status == "FINISHED"
+
+
+def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monkeypatch):
+    monkeypatch.setenv(FAIL_AT_STEP, "3")
+    monkeypatch.setenv(FAIL_MARKER, str(tmp_path / "fault"))
+    monkeypatch.setenv(TRACE_DIR, str(tmp_path / "trace"))
+    (tmp_path / "trace").mkdir()
+    with pytest.raises(Exception, match="injected fault"):
+        train(tmp_path, data, "resume", failures=0)  # no restarts allowed: the run stops
+    trace = tmp_path / "trace" / "rank0.tsv"
+    assert len(trained_batches(trace)) == 2  # steps 1-2 trained, 3 failed before stepping
+    outcome = train(tmp_path, data, "resume", failures=0)  # the same command, again
+    assert len(trained_batches(trace)) == 6  # resumed at step 3, not from scratch
+    assert metric_steps(tmp_path, outcome.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
+    again = train(tmp_path, data, "resume", failures=0)  # a finished run: nothing to redo
+    assert len(trained_batches(trace)) == 6
+    assert again.run_id == outcome.run_id
+    assert load_pretrained(again.model_dir).info["metrics"]["step"] == outcome.metrics["step"]

@@ -1,0 +1,113 @@
+"""The Ray-free training core: config, optimizer groups, schedule, step, sharded evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sevlm.artemis import DataSource, load_artemis
+from sevlm.config import ModelConfig, TrainConfig
+from sevlm.examples import ExampleConfig, iter_batches
+from sevlm.generate import Decoder
+from sevlm.lexicon import read_lexicon
+from sevlm.metrics import dominant_emotion, emotion_accuracy
+from sevlm.tokenizer import load_tokenizer
+from sevlm.training import (
+    Stepper,
+    autocast_dtype,
+    eval_shard,
+    evaluate_shard,
+    linear_schedule,
+    parameter_groups,
+    reduce_eval,
+    to_device,
+)
+from sevlm.weights import build_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(sample):
+    torch.manual_seed(0)
+    config = ModelConfig.preset("tiny")
+    tokenizer = load_tokenizer()
+    model = build_model(config, tokenizer)
+    data = load_artemis(DataSource.resolve(data=str(sample.out)))
+    example = ExampleConfig(image_size=64, lexicon=str(sample.lexicon))
+    decoder = Decoder(model, tokenizer, read_lexicon(sample.lexicon))
+    return config, model, data, example, decoder
+
+
+def test_train_config_validation() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="select_mode"):
+        TrainConfig(select_mode="best")
+    assert TrainConfig(select_mode="min").better(1.0, 2.0)
+    assert not TrainConfig().better(1.0, 2.0) and TrainConfig().better(0.0, None)
+
+
+def test_parameter_groups_follow_the_released_recipe(setup) -> None:
+    _, model, *_ = setup
+    groups = parameter_groups(model, TrainConfig())
+    assert [g["lr"] for g in groups] == [2e-5, 4e-5]
+    assert all(g["weight_decay"] == 0.0 for g in groups)
+    vad = {id(p) for p in model.vad_encoder.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == vad
+    n = sum(p.numel() for g in groups for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_linear_schedule() -> None:
+    factor = linear_schedule(TrainConfig(max_steps=10, warmup_steps=2))
+    assert [round(factor(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+
+
+def test_precision_on_cpu_is_fp32() -> None:
+    assert autocast_dtype("auto", CPU) is None and autocast_dtype("bf16", CPU) is None
+
+
+def test_steps_lower_the_loss(setup, sample) -> None:
+    config, _, data, example, _ = setup
+    torch.manual_seed(1)
+    model = build_model(config, load_tokenizer())
+    stepper = Stepper(model, model, TrainConfig(lr=2e-3, lr_vad=2e-3, max_steps=100), CPU)
+    batch = to_device(next(iter_batches(data.split("train"), example, batch_size=8)), CPU)
+    first = stepper.step(batch)
+    for _ in range(15):
+        last = stepper.step(batch)
+    assert last["train/lm_loss"] < first["train/lm_loss"] - 3.0  # from about 11 nats
+    assert {"train/lm_loss", "train/vad_loss", "train/cl_loss", "train/grad_norm"} <= set(last)
+    assert stepper.scheduler.get_last_lr()[0] < 2e-3  # decaying
+    state = stepper.state_dict()
+    again = Stepper(model, model, TrainConfig(lr=2e-3, lr_vad=2e-3, max_steps=100), CPU)
+    again.load_state_dict(state)
+    assert again.scheduler.last_epoch == stepper.scheduler.last_epoch
+
+
+def test_sharded_evaluation_equals_one_process(setup) -> None:
+    _, model, data, example, decoder = setup
+    val = data.split("val")
+    args = dict(example_config=example, decoder=decoder, device=CPU, batch_size=4, max_new_tokens=8)
+    whole = reduce_eval([evaluate_shard(model, eval_shard(val, 0, 1, None), **args)], val)
+    parts = [evaluate_shard(model, eval_shard(val, r, 3, None), **args) for r in range(3)]
+    keys = [set(p["predictions"]) for p in parts]
+    assert not (keys[0] & keys[1]) and not (keys[1] & keys[2]) and not (keys[0] & keys[2])
+    assert set.union(*keys) == {p.key for p in val}  # every image exactly once
+    split = reduce_eval(parts, val)
+    assert split.keys() == whole.keys()
+    for key, value in whole.items():
+        assert split[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_dominant_emotion_and_accuracy() -> None:
+    assert dominant_emotion(["awe", "awe", "fear"]) == "awe"
+    assert dominant_emotion(["awe", "awe", "fear", "fear"]) is None  # exactly half: none
+    assert dominant_emotion(["awe", "fear", "anger"]) is None  # a tie
+    assert dominant_emotion([]) is None
+    result = emotion_accuracy(
+        {"a": "awe", "b": "fear", "c": "awe"},
+        {"a": ["awe", "awe", "fear"], "b": ["awe", "awe", "awe"], "c": ["awe", "fear"]},
+    )
+    assert result == {"emotion_accuracy": 0.5, "images_scored": 2, "images_excluded": 1}
