@@ -25,6 +25,8 @@ from sevlm.sequences import BECAUSE, SequenceBuilder
 
 MAX_NEW_TOKENS = 25
 _LAST_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*$")
+_EMOTION_WORDS = re.compile(r"\b(" + "|".join(sorted(EMOTIONS, key=len, reverse=True)) + r")\b")
+"""The first of the nine emotions named as whole words (``awesome`` does not name awe)."""
 
 
 @dataclass
@@ -113,18 +115,21 @@ class Decoder:
         self, pixel_values: Tensor, max_new_tokens: int = MAX_NEW_TOKENS, use_cache: bool = True
     ) -> list[Explanation]:
         """Emotion and explanation for each image of ``pixel_values [B, 3, S, S]``."""
+        was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
-            memory = self.model.encode_images(pixel_values)
-        rows = self.generate(memory, max_new_tokens, use_cache)
+        try:
+            with torch.no_grad():
+                memory = self.model.encode_images(pixel_values)
+            rows = self.generate(memory, max_new_tokens, use_cache)
+        finally:
+            self.model.train(was_training)
         return [self.parse(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rows]
 
     def parse(self, text: str) -> Explanation:
         """Split generated text into the emotion and the explanation."""
         head, _, tail = text.partition(BECAUSE)
-        emotion = normalize_emotion(head) or next(
-            (e for e in EMOTIONS if e in " ".join(head.lower().split())), "unknown"
-        )
+        found = _EMOTION_WORDS.search(" ".join(head.lower().split()))
+        emotion = normalize_emotion(head) or (found.group(1) if found else "unknown")
         explanation = " ".join(tail.split())
         vad = self.lexicon.text_vad(explanation)
         return Explanation(

@@ -23,10 +23,15 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def gather_with_grad(x: Tensor) -> tuple[Tensor, int]:
     """``x`` from every worker, concatenated, with gradients flowing back to each; and the
-    offset of this worker's rows. Every worker must pass the same shape."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    offset of this worker's rows. Every worker must pass the same shape (training drops the
+    last partial batch, and Ray splits the data evenly)."""
+    if not _distributed():
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
@@ -63,12 +68,22 @@ def contrastive_loss(
         groups = torch.arange(len(candidates), device=valid.device) // group_size
         allowed = allowed & (groups[None, :] == (anchors // group_size)[:, None])
     scores = scorer(image[anchors], emotion[anchors], candidates)
-    return scores_to_loss(scores, anchors + offset, allowed, temperature)
+    if group_size is not None or not _distributed():
+        return scores_to_loss(scores, anchors + offset, allowed, temperature)
+    # Each worker holds some of the global batch's anchors, and DDP averages gradients over
+    # workers: dividing this worker's sum by the global anchor count, times the world size,
+    # makes that average the mean over all anchors, however unevenly pairs are spread.
+    total = torch.tensor(float(len(anchors)), device=valid.device)
+    dist.all_reduce(total)
+    summed = scores_to_loss(scores, anchors + offset, allowed, temperature, reduction="sum")
+    return summed * dist.get_world_size() / total
 
 
-def scores_to_loss(scores: Tensor, targets: Tensor, allowed: Tensor, temperature: float) -> Tensor:
-    """Mean cross-entropy of ``scores [A, K] / temperature`` over the ``allowed`` candidates
+def scores_to_loss(
+    scores: Tensor, targets: Tensor, allowed: Tensor, temperature: float, reduction: str = "mean"
+) -> Tensor:
+    """Cross-entropy of ``scores [A, K] / temperature`` over the ``allowed`` candidates
     (``[K]``, the same for every anchor, or ``[A, K]``)."""
     mask = allowed if allowed.dim() == 2 else allowed[None, :]
     logits = (scores.float() / temperature).masked_fill(~mask, float("-inf"))
-    return F.cross_entropy(logits, targets)
+    return F.cross_entropy(logits, targets, reduction=reduction)

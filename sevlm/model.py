@@ -216,6 +216,7 @@ class SEVLM(nn.Module):
         """Token (+ fused VAD on the explanation) + position + segment embeddings."""
         tok = self.wte(input_ids)
         if self.vad_encoder is not None:
+            vad = vad.to(self.vad_encoder.pos.weight.dtype)
             encoded, vad_cache = self.vad_encoder(vad, start, vad_cache)
             fused = self.fuse(torch.cat([tok, encoded.to(tok.dtype)], dim=-1))
             explanation = (segment_ids == self.explanation_segment).unsqueeze(-1)
@@ -264,7 +265,7 @@ class SEVLM(nn.Module):
         b, pair, t = batch["input_ids"].shape
         flat = {k: batch[k].reshape(b * pair, t, *batch[k].shape[3:]) for k in _SEQUENCE_KEYS}
         hidden, _ = self.decode(
-            flat["input_ids"], flat["segment_ids"], flat["vad"].float(),
+            flat["input_ids"], flat["segment_ids"], flat["vad"],
             memory.repeat_interleave(pair, dim=0),
         )  # fmt: skip
         logits = self.logits(hidden)

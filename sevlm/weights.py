@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from sevlm.config import GPT2_VOCAB, ModelConfig
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.model import SEVLM, count_parameters
-from sevlm.tokenizer import EMOTION_TOKEN, EXPLANATION_TOKEN, load_tokenizer
+from sevlm.tokenizer import EMOTION_TOKEN, EXPLANATION_TOKEN, load_tokenizer, sha256_file
 
 FORMAT = "sevlm-model/1"
 LEXICON_FILE = "lexicon.tsv"
@@ -41,7 +41,8 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> SEVL
         pad_id=tokenizer.pad_token_id,
     )
     if config.decoder_weights:
-        load_gpt2_weights(model, _fetch(config, "decoder_weights", _gpt2_state))
+        state, n_head = _fetch(config, "decoder_weights", _gpt2_state)
+        load_gpt2_weights(model, state, n_head)
     if config.vision_weights:
         clip = _fetch(config, "vision_weights", _clip_model)
         _check_vision(config, clip.config.to_dict())
@@ -49,10 +50,11 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> SEVL
     return model
 
 
-def _gpt2_state(ref: str) -> dict[str, torch.Tensor]:
+def _gpt2_state(ref: str) -> tuple[dict[str, torch.Tensor], int]:
     from transformers import GPT2LMHeadModel
 
-    return GPT2LMHeadModel.from_pretrained(ref).transformer.state_dict()
+    gpt2 = GPT2LMHeadModel.from_pretrained(ref)
+    return gpt2.transformer.state_dict(), gpt2.config.n_head
 
 
 def _clip_model(ref: str):
@@ -80,7 +82,9 @@ def _check_vision(config: ModelConfig, found: dict[str, Any]) -> None:
             raise WeightsError(f"vision weights have {key}={found[key]}, config says {value}")
 
 
-def load_gpt2_weights(model: SEVLM, state: dict[str, torch.Tensor]) -> None:
+def load_gpt2_weights(
+    model: SEVLM, state: dict[str, torch.Tensor], n_head: int | None = None
+) -> None:
     """Copy a Hugging Face GPT-2 state dict (``GPT2Model`` keys) into the decoder.
 
     GPT-2's Conv1D weights are ``[in, out]`` and become ``nn.Linear``'s ``[out, in]``; its
@@ -90,6 +94,8 @@ def load_gpt2_weights(model: SEVLM, state: dict[str, torch.Tensor]) -> None:
     """
     c, cfg = model.config.n_embd, model.config
     layers = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("h.")), default=-1)
+    if n_head is not None and n_head != cfg.n_head:
+        raise WeightsError(f"GPT-2 weights have {n_head} heads; {cfg.name!r} wants {cfg.n_head}")
     if state["wte.weight"].shape != (GPT2_VOCAB, c) or layers != cfg.n_layer:
         raise WeightsError(
             f"GPT-2 weights are {layers} layers x {state['wte.weight'].shape[1]} wide; "
@@ -155,15 +161,16 @@ def save_pretrained(
     save_file(state, folder / "model.safetensors", metadata={"format": FORMAT})
     tokenizer.save_pretrained(folder)
     lexicon_info = {"source": lexicon.source, "sha256": lexicon.sha256, "entries": len(lexicon)}
-    if copy_lexicon:
+    if copy_lexicon and len(lexicon):
         write_lexicon_tsv(lexicon, folder / LEXICON_FILE)
         lexicon_info["file"] = LEXICON_FILE
+        lexicon_info["file_sha256"] = sha256_file(folder / LEXICON_FILE)
     info = {
         "format": FORMAT,
         "model": model.config.to_dict(),
         "lexicon": lexicon_info,
         "training": training or {},
-        "metrics": metrics or {},
+        "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, int | float)},
     }
     (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n")
     (folder / "README.md").write_text(model_card(model, info))
@@ -192,6 +199,7 @@ def load_pretrained(
     model = build_model(config, tokenizer)
     state = load_file(folder / "model.safetensors", device=str(device))
     model.load_state_dict(state, strict=True)
+    model.config = ModelConfig.from_dict(info["model"])  # as trained: where weights came from
     return LoadedModel(
         model.to(device).eval(), tokenizer, _load_lexicon(folder, info, lexicon), info
     )
@@ -202,8 +210,11 @@ def _load_lexicon(folder: Path, info: dict, override: Path | str | None) -> VADL
     if override is not None:
         return read_lexicon(override)
     if "file" in meta:
-        return read_lexicon(folder / meta["file"])
-    if not meta.get("source"):
+        path = folder / meta["file"]
+        if sha256_file(path) != meta.get("file_sha256"):
+            raise WeightsError(f"{path} was changed after the model was saved (sha256 differs)")
+        return read_lexicon(path)
+    if not meta.get("source") or not meta.get("entries"):
         return VADLexicon({})
     lexicon = read_lexicon(meta["source"])
     if lexicon.sha256 != meta.get("sha256"):

@@ -239,6 +239,8 @@ def test_parse_generated_text(tokenizer) -> None:
     assert e.emotion == "something else" and e.explanation == "the calm, gloomy sea"
     assert e.vad == pytest.approx((-0.1, -0.45, -0.1))
     assert decoder.parse(" blah because x").emotion == "unknown"
+    assert decoder.parse(" awesome because x").emotion == "unknown"  # whole words only
+    assert decoder.parse(" fear and anger because x").emotion == "fear"  # the first named
     assert decoder.parse(" awe").explanation == "" and decoder.parse(" awe").vad is None
 
 
@@ -357,3 +359,36 @@ def test_not_a_model_directory(tmp_path: Path) -> None:
 
     with pytest.raises(WeightsError, match="not a sevlm model directory"):
         load_pretrained(tmp_path)
+
+
+def test_explain_keeps_the_training_mode(tokenizer) -> None:
+    model = build_model(tiny(), tokenizer).train()
+    Decoder(model, tokenizer, LEXICON).explain(torch.randn(1, 3, 64, 64), max_new_tokens=2)
+    assert model.training
+
+
+def test_a_bf16_model_runs(tokenizer) -> None:
+    model = build_model(tiny(), tokenizer).to(torch.bfloat16)
+    batch = make_batch(tokenizer, tiny())
+    batch["pixel_values"] = batch["pixel_values"].to(torch.bfloat16)
+    assert torch.isfinite(model(batch).loss)
+    said = Decoder(model, tokenizer, LEXICON).explain(batch["pixel_values"], max_new_tokens=3)
+    assert len(said) == 2
+
+
+def test_model_directory_edge_cases(tokenizer, tmp_path) -> None:
+    from sevlm.weights import load_pretrained, save_pretrained
+
+    config = ModelConfig.preset("tiny", vision_weights=None)
+    model = build_model(config, tokenizer)
+    model.config = ModelConfig.preset("tiny", decoder_weights="/models/gpt2-tiny")  # provenance
+    empty = save_pretrained(model, tmp_path / "empty", tokenizer, VADLexicon({}),
+                            metrics={"bleu4": 0.5, "note": "text"})  # fmt: skip
+    loaded = load_pretrained(empty)
+    assert len(loaded.lexicon) == 0 and loaded.info["metrics"] == {"bleu4": 0.5}
+    assert loaded.model.config.decoder_weights == "/models/gpt2-tiny"
+    full = save_pretrained(model, tmp_path / "full", tokenizer, LEXICON)
+    with open(full / "lexicon.tsv", "a") as f:
+        f.write("joy\t0.9\t0.5\t0.5\n")
+    with pytest.raises(WeightsError, match="changed after the model was saved"):
+        load_pretrained(full)

@@ -1,0 +1,68 @@
+"""The contrastive loss on two gloo workers equals one process on the whole batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from sevlm.losses import contrastive_loss
+from sevlm.model import ContrastiveScorer
+
+N, C = 8, 6  # sequences per worker, feature width
+VALID = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
+"""Worker 0 has one paired image, worker 1 three: an uneven spread."""
+
+
+def _inputs() -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(0)
+    return tuple(torch.randn(2 * N, C, generator=g) for _ in range(3))
+
+
+def _scorer() -> ContrastiveScorer:
+    torch.manual_seed(1)
+    return ContrastiveScorer(C)
+
+
+def _worker(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        scorer = _scorer()
+        image, emotion, explanation = (x[rank * N : (rank + 1) * N].clone() for x in _inputs())
+        explanation.requires_grad_(True)
+        valid = VALID[rank * N : (rank + 1) * N]
+        loss = contrastive_loss(scorer, image, emotion, explanation, valid, temperature=0.5)
+        loss.backward()
+        for p in scorer.parameters():  # what DDP does: average the gradients
+            dist.all_reduce(p.grad)
+            p.grad /= 2
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        torch.save(
+            {"loss": mean_loss / 2, "grads": [p.grad for p in scorer.parameters()],
+             "feature_grad": explanation.grad},
+            f"{out}.{rank}",
+        )  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_workers_equal_one_process(tmp_path: Path) -> None:
+    out = str(tmp_path / "result")
+    mp.spawn(_worker, args=(f"file://{tmp_path}/init", out), nprocs=2, join=True)
+    scorer = _scorer()
+    image, emotion, explanation = _inputs()
+    explanation.requires_grad_(True)
+    loss = contrastive_loss(scorer, image, emotion, explanation, VALID, temperature=0.5)
+    loss.backward()
+    results = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    torch.testing.assert_close(results[0]["loss"], loss.detach())
+    for got, expected in zip(results[0]["grads"], scorer.parameters(), strict=True):
+        torch.testing.assert_close(got, expected.grad, rtol=1e-5, atol=1e-7)
+    # each worker's feature gradient is the world size times its slice of one process's:
+    # DDP's averaging of the parameters downstream takes that factor out again
+    for rank in range(2):
+        expected = explanation.grad[rank * N : (rank + 1) * N] * 2
+        torch.testing.assert_close(results[rank]["feature_grad"], expected, rtol=1e-5, atol=1e-7)
