@@ -77,3 +77,12 @@ def _sample_rows(sample) -> list[list[str]]:
 
     with open(sample.csv, newline="", encoding="utf-8") as f:
         return list(csv.reader(f))[1:]
+
+
+def test_train_help_lists_the_contract() -> None:
+    sevlm = Path(sys.executable).parent / "sevlm"
+    done = subprocess.run([sevlm, "train", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for flag in ("--data", "--csv", "--images", "--lexicon", "--preset", "--config",
+                 "--num-workers", "--max-steps", "--output", "--seed", "KEY=VALUE"):  # fmt: skip
+        assert flag in done.stdout, flag

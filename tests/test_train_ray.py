@@ -143,6 +143,19 @@ def test_a_killed_worker_resumes_without_gaps_or_duplicates(ray_local, data, tmp
     runs = client.search_runs([client.get_experiment_by_name("sevlm").experiment_id])
     assert [r.info.run_id for r in runs] == [outcome.run_id]
     assert runs[0].info.status == "FINISHED"
+    params = runs[0].data.params
+    assert params["train.max_steps"] == "6" and params["model.name"] == "tiny"
+    artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert "data_report.json" in artifacts
+
+
+def test_early_stop_after_validations_without_improvement(ray_local, data, tmp_path, monkeypatch):
+    monkeypatch.setenv(TRACE_DIR, str(tmp_path / "trace"))
+    (tmp_path / "trace").mkdir()
+    # val/images never changes: the second validation (step 4) is the first not to improve
+    outcome = train(tmp_path, data, "early", early_stop=1, select_metric="val/images")
+    assert len(trained_batches(tmp_path / "trace" / "rank0.tsv")) == 4
+    assert metric_steps(tmp_path, outcome.run_id, "val/images") == [2, 4]
 
 
 def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monkeypatch):
