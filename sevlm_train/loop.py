@@ -82,10 +82,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tokenizer = load_tokenizer(model_cfg.tokenizer)
     lexicon = read_lexicon(example.lexicon) if example.lexicon else VADLexicon({})
-    model = build_model(model_cfg, tokenizer)
     device = ray.train.torch.get_device()
     state, saved = TrainState(), None
     checkpoint = ray.train.get_checkpoint()
+    # A restart takes every weight from the checkpoint: no need to fetch pretrained ones.
+    fresh = {"decoder_weights": None, "vision_weights": None} if checkpoint else {}
+    model = build_model(dataclasses.replace(model_cfg, **fresh), tokenizer)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             model.load_state_dict(load_file(Path(folder) / "model.safetensors"))
