@@ -108,11 +108,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sevlm.tracking import DEFAULT_EXPERIMENT
     from sevlm_train.driver import Scaling, run_training
 
-    model_cfg, train_cfg = load_configs(args.preset, args.config, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
     if args.max_steps is not None:
-        train_cfg.max_steps = args.max_steps
+        overrides["train.max_steps"] = args.max_steps
     if args.seed is not None:
-        train_cfg.seed = args.seed
+        overrides["train.seed"] = args.seed
+    model_cfg, train_cfg = load_configs(args.preset, args.config, overrides)
     outcome = run_training(
         source_from_args(args),
         model_cfg,

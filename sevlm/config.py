@@ -208,6 +208,9 @@ def load_configs(
     for section in ("model", "train"):
         values[section] = {**values[section], **(file_values.get(section) or {})}
     for key, value in (overrides or {}).items():
+        if key.count(".") > 1:
+            raise ValueError(f"override {key!r}: nested fields (like model.vision) are set in "
+                             "--config, as a whole mapping")  # fmt: skip
         section, _, field_name = key.rpartition(".")
         values[section or _section_of(field_name)][field_name] = value
     return _from_dict(ModelConfig, values["model"]), _from_dict(TrainConfig, values["train"])

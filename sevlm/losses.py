@@ -54,27 +54,32 @@ def contrastive_loss(
     are every valid explanation of the global batch; with ``group_size`` (evaluation), only
     those of the anchor's own image, gathered from nowhere.
     """
-    if group_size is None:
+    global_batch = group_size is None
+    if global_batch:
         candidates, offset = gather_with_grad(explanation)
         candidate_valid, _ = gather_with_grad(valid.to(torch.uint8))
     else:
         candidates, offset, candidate_valid = explanation, 0, valid
-    if not bool(valid.any()):
+    anchors = valid.nonzero().squeeze(1)
+    spread = global_batch and _distributed()
+    if spread:
+        # Every rank joins this collective, paired images or not: all ranks must run the same
+        # collectives in the same order, or gloo aborts and NCCL hangs.
+        total = torch.tensor(float(len(anchors)), device=valid.device)
+        dist.all_reduce(total)
+    if len(anchors) == 0:
         # No pair here: a zero that still runs the scorer, so DDP sees all its parameters used.
         return scorer(image[:1], emotion[:1], candidates[:1]).sum() * 0.0
-    anchors = valid.nonzero().squeeze(1)
     allowed = candidate_valid.bool()[None, :].expand(len(anchors), -1)
     if group_size is not None:
         groups = torch.arange(len(candidates), device=valid.device) // group_size
         allowed = allowed & (groups[None, :] == (anchors // group_size)[:, None])
     scores = scorer(image[anchors], emotion[anchors], candidates)
-    if group_size is not None or not _distributed():
+    if not spread:
         return scores_to_loss(scores, anchors + offset, allowed, temperature)
     # Each worker holds some of the global batch's anchors, and DDP averages gradients over
     # workers: dividing this worker's sum by the global anchor count, times the world size,
     # makes that average the mean over all anchors, however unevenly pairs are spread.
-    total = torch.tensor(float(len(anchors)), device=valid.device)
-    dist.all_reduce(total)
     summed = scores_to_loss(scores, anchors + offset, allowed, temperature, reduction="sum")
     return summed * dist.get_world_size() / total
 

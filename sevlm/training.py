@@ -29,8 +29,9 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting on a device (None: full fp32)."""
     if precision == "fp32" or device.type != "cuda":
         return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "auto":  # bf16 natively from Ampere (sm80) on; emulated before it is slow
+        major, _ = torch.cuda.get_device_capability(device)
+        return torch.bfloat16 if major >= 8 else torch.float16
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
@@ -91,10 +92,12 @@ class Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        metrics = {f"train/{k}": _item(getattr(out, k)) for k in LOSS_TERMS}
-        metrics["train/grad_norm"] = float(grad_norm)
+        # Tensors, not floats: reading them waits for the GPU, so only do that when logging.
+        metrics = {f"train/{k}": getattr(out, k) for k in LOSS_TERMS}
+        metrics["train/grad_norm"] = grad_norm
+        metrics = {k: v.detach() for k, v in metrics.items() if v is not None}
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
-        return {k: v for k, v in metrics.items() if v is not None}
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -107,10 +110,6 @@ class Stepper:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-
-
-def _item(x: torch.Tensor | None) -> float | None:
-    return None if x is None else float(x.detach())
 
 
 def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:

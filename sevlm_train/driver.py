@@ -69,9 +69,12 @@ class TrainOutcome:
     metrics: dict[str, Any]
 
 
-def run_name(model: ModelConfig, train: TrainConfig, source: DataSource, seed: int) -> str:
+def run_name(
+    model: ModelConfig, train: TrainConfig, source: DataSource, seed: int, extra: dict[str, Any]
+) -> str:
     """``<preset>-<hash>``: the same configs and data give the same name, hence a resume."""
-    blob = json.dumps([model.to_dict(), train.to_dict(), source.describe(), seed], sort_keys=True)
+    parts = [model.to_dict(), train.to_dict(), source.describe(), seed, extra]
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return f"{model.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -136,7 +139,8 @@ def run_training(
         printer(data.report.summary())
     if not data.split("train") or not data.split("val"):
         raise ValueError("the data has no training or no validation paintings")
-    name = name or run_name(model_cfg, train_cfg, source, data_seed)
+    extra = {"text_prep": dataclasses.asdict(prep), "experiment": experiment}
+    name = name or run_name(model_cfg, train_cfg, source, data_seed, extra)
     output = Path(output).absolute()
     storage = storage or str(output / "ray")
     example = ExampleConfig(
@@ -160,6 +164,9 @@ def run_training(
     printer(f"run {name}: MLflow run {run_id} ({'new' if created else 'resumed'}) at {uri}")
 
     ensure_ray(printer)
+    if uri.startswith(("sqlite:", "file:")) and len(ray.nodes()) > 1:
+        printer(f"warning: {uri} is a store on this machine only; workers on other nodes "
+                "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
     config, threads = scaling_config(scaling)
     pipeline = build_pipeline(data, example, epoch=None, splits=("train",))
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
@@ -193,16 +200,31 @@ def run_training(
     )
     try:
         result = trainer.fit()
-    except Exception:
-        client_for(uri).set_terminated(run_id, status="FAILED")
+        outcome = _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id)
+    except BaseException:  # Ctrl-C too: the MLflow run must not stay RUNNING
+        _mark_failed(uri, run_id)
         raise
+    printer(f"best checkpoint: step {outcome.metrics.get('step')}, {train_cfg.select_metric} "
+            f"{outcome.metrics.get(train_cfg.select_metric)}")  # fmt: skip
+    return TrainOutcome(name, run_id, *outcome)
+
+
+def _mark_failed(uri: str, run_id: str) -> None:
+    try:
+        client_for(uri).set_terminated(run_id, status="FAILED")
+    except Exception as e:  # never hide the error that got us here
+        print(f"warning: could not mark MLflow run {run_id} failed: {e}")
+
+
+def _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id) -> tuple:
+    """Export the best checkpoint, log it, close the run: ``(model_dir, model_uri, metrics)``."""
     best = result.get_best_checkpoint(train_cfg.select_metric, train_cfg.select_mode)
     best_metrics = next(
         (m for c, m in result.best_checkpoints if best is not None and c.path == best.path),
         result.metrics or {},
     )
     if best is None:
-        raise RuntimeError(f"run {name} finished without a checkpoint")
+        raise RuntimeError(f"the run finished without a checkpoint ({result.path})")
     metrics = {k: v for k, v in best_metrics.items() if isinstance(v, int | float)}
     model_dir = export_model(best, model_cfg, source, output / "model", train_cfg, metrics)
     model_uri = log_model(uri, run_id, model_dir)
@@ -211,9 +233,7 @@ def run_training(
     for reason, count in dropped.items():
         client.log_metric(run_id, f"pipeline/{reason}", count)
     client.set_terminated(run_id, status="FINISHED")
-    printer(f"best checkpoint: step {metrics.get('step')}, {train_cfg.select_metric} "
-            f"{metrics.get(train_cfg.select_metric)}")  # fmt: skip
-    return TrainOutcome(name, run_id, model_dir, model_uri, metrics)
+    return model_dir, model_uri, metrics
 
 
 def export_model(
@@ -239,9 +259,14 @@ def export_model(
     lexicon = read_lexicon(source.lexicon) if source.lexicon else VADLexicon({})
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
-    save_pretrained(
-        model, staging, tokenizer, lexicon, training=train_cfg.to_dict(), metrics=metrics
-    )
+    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is for others to read
+    try:
+        save_pretrained(
+            model, staging, tokenizer, lexicon, training=train_cfg.to_dict(), metrics=metrics
+        )
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if target.exists():
         old = target.with_name(f".{target.name}-old")
         shutil.rmtree(old, ignore_errors=True)

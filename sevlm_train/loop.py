@@ -122,6 +122,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             parts = [part]
         metrics = reduce_eval(parts, val)
+        if train_cfg.select_metric not in metrics:
+            raise ValueError(
+                f"train.select_metric {train_cfg.select_metric!r} is not reported; "
+                f"choose one of {', '.join(sorted(metrics))}"
+            )
         score = metrics[train_cfg.select_metric]
         if train_cfg.better(score, state.best):
             state.best, state.stale = score, 0
@@ -129,10 +134,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.stale += 1
         state.stopped = 0 < train_cfg.early_stop <= state.stale
         metrics.update({"step": state.step, "epoch": state.epoch, "best": state.best})
-        _report(metrics, model, stepper, state, rank)
-        if logger is not None:
+        if logger is not None:  # before the checkpoint: a failure in between replays this step
             logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, state.step)
             print(_line("val", state.step, metrics), flush=True)
+        _report(metrics, model, stepper, state, rank)
 
     since, images_since = time.perf_counter(), 0
     while state.step < train_cfg.max_steps and not state.stopped:
@@ -158,6 +163,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             images_since += per_worker
             if logger is not None and state.step % train_cfg.log_every == 0:
                 now = time.perf_counter()
+                metrics = {k: float(v) for k, v in metrics.items()}
                 metrics["train/images_per_s"] = images_since / max(now - since, 1e-9) * world
                 since, images_since = now, 0
                 logger.log(metrics, state.step)

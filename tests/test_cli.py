@@ -86,3 +86,11 @@ def test_train_help_lists_the_contract() -> None:
     for flag in ("--data", "--csv", "--images", "--lexicon", "--preset", "--config",
                  "--num-workers", "--max-steps", "--output", "--seed", "KEY=VALUE"):  # fmt: skip
         assert flag in done.stdout, flag
+
+
+def test_train_rejects_bad_settings_before_starting(sample, capsys) -> None:
+    data = ["train", "--data", str(sample.out)]
+    assert main([*data, "--max-steps", "0"]) == 2
+    assert "max_steps must be >= 1" in capsys.readouterr().err
+    assert main([*data, "model.vision.hidden_size=64"]) == 2
+    assert "nested fields" in capsys.readouterr().err

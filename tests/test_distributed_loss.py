@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -12,8 +13,10 @@ from sevlm.losses import contrastive_loss
 from sevlm.model import ContrastiveScorer
 
 N, C = 8, 6  # sequences per worker, feature width
-VALID = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
+UNEVEN = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
 """Worker 0 has one paired image, worker 1 three: an uneven spread."""
+NONE_ON_RANK_0 = torch.tensor([0] * 8 + [1, 1, 0, 0, 1, 1, 0, 0], dtype=torch.bool)
+"""Worker 0 has no paired image at all: it must still join every collective."""
 
 
 def _inputs() -> tuple[torch.Tensor, ...]:
@@ -26,13 +29,13 @@ def _scorer() -> ContrastiveScorer:
     return ContrastiveScorer(C)
 
 
-def _worker(rank: int, init: str, out: str) -> None:
+def _worker(rank: int, init: str, out: str, pattern: torch.Tensor) -> None:
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     try:
         scorer = _scorer()
         image, emotion, explanation = (x[rank * N : (rank + 1) * N].clone() for x in _inputs())
         explanation.requires_grad_(True)
-        valid = VALID[rank * N : (rank + 1) * N]
+        valid = pattern[rank * N : (rank + 1) * N]
         loss = contrastive_loss(scorer, image, emotion, explanation, valid, temperature=0.5)
         loss.backward()
         for p in scorer.parameters():  # what DDP does: average the gradients
@@ -49,13 +52,14 @@ def _worker(rank: int, init: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_workers_equal_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pattern", [UNEVEN, NONE_ON_RANK_0], ids=["uneven", "none-on-rank-0"])
+def test_two_workers_equal_one_process(tmp_path: Path, pattern: torch.Tensor) -> None:
     out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(f"file://{tmp_path}/init", out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(f"file://{tmp_path}/init", out, pattern), nprocs=2, join=True)
     scorer = _scorer()
     image, emotion, explanation = _inputs()
     explanation.requires_grad_(True)
-    loss = contrastive_loss(scorer, image, emotion, explanation, VALID, temperature=0.5)
+    loss = contrastive_loss(scorer, image, emotion, explanation, pattern, temperature=0.5)
     loss.backward()
     results = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
     torch.testing.assert_close(results[0]["loss"], loss.detach())

@@ -68,7 +68,7 @@ class FlakyClient:
 
 
 def _logger(client: FlakyClient) -> MetricLogger:
-    logger = MetricLogger("sqlite:///:memory:", "run", retries=2, backoff_s=0.0)
+    logger = MetricLogger("sqlite:///:memory:", "run", retries=2, backoff_s=0.0, pause_s=3600)
     logger.client = client
     return logger
 
@@ -86,6 +86,17 @@ def test_a_lasting_outage_never_raises(caplog) -> None:
     logger.log({"train/loss": 1.0}, step=1)  # must not raise into training
     assert client.logged == [] and logger.failures == 1
     assert "going on" in caplog.text
+
+
+def test_an_outage_pauses_logging_instead_of_stalling_training() -> None:
+    client = FlakyClient(failures=10**6)
+    logger = _logger(client)
+    logger.log({"train/loss": 1.0}, step=1)
+    calls = client.calls
+    for step in range(2, 50):
+        logger.log({"train/loss": 1.0}, step=step)
+    assert client.calls == calls  # paused: no more calls to a store that is down
+    assert logger.dropped == 48
 
 
 def test_replayed_steps_are_not_logged_twice(tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ import json, mlflow, pandas as pd
 from sevlm.mlflow_model import encode_image
 mlflow.set_tracking_uri({f"sqlite:///{tmp_path}/mlflow.db"!r})
 model = mlflow.pyfunc.load_model({outcome.model_uri!r})
-out = model.predict(pd.DataFrame({{"image": [encode_image({str(image)!r}), {str(image)!r}]}}))
+image = encode_image({str(image)!r})
+out = model.predict(pd.DataFrame({{"image": [image, image]}}))
 print(json.dumps(out.to_dict(orient="records")))
 """
     done = subprocess.run(
@@ -132,10 +133,11 @@ print(json.dumps(out.to_dict(orient="records")))
 
 
 def test_a_killed_worker_resumes_without_gaps_or_duplicates(ray_local, data, tmp_path, monkeypatch):
-    monkeypatch.setenv(FAIL_AT_STEP, "3")
+    # Checkpoint at step 2, step 3 logged, failure at step 4: the restart replays step 3.
+    monkeypatch.setenv(FAIL_AT_STEP, "4")
     monkeypatch.setenv(FAIL_MARKER, str(tmp_path / "fault-marker"))
     outcome = train(tmp_path, data, "fault", failures=1)
-    assert (tmp_path / "fault-marker").read_text().startswith("failed at step 3")
+    assert (tmp_path / "fault-marker").read_text().startswith("failed at step 4")
     assert outcome.metrics["step"] in (2, 4, 6)
     assert metric_steps(tmp_path, outcome.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
     assert metric_steps(tmp_path, outcome.run_id, "val/bleu4") == [2, 4, 6]

@@ -68,6 +68,16 @@ def test_precision_on_cpu_is_fp32() -> None:
     assert autocast_dtype("auto", CPU) is None and autocast_dtype("bf16", CPU) is None
 
 
+@pytest.mark.parametrize(
+    ("capability", "dtype"), [((7, 5), torch.float16), ((8, 0), torch.bfloat16)]
+)
+def test_auto_precision_by_gpu_generation(monkeypatch, capability, dtype) -> None:
+    # a 2080 Ti (sm75) gets fp16 with a grad scaler, not emulated bf16; Ampere gets bf16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert autocast_dtype("auto", torch.device("cuda")) == dtype
+    assert autocast_dtype("fp32", torch.device("cuda")) is None
+
+
 def test_steps_lower_the_loss(setup, sample) -> None:
     config, _, data, example, _ = setup
     torch.manual_seed(1)
