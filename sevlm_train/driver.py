@@ -200,13 +200,17 @@ def run_training(
     )
     try:
         result = trainer.fit()
-        outcome = _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id)
+        outcome = TrainOutcome(
+            name,
+            run_id,
+            *_finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id),
+        )
     except BaseException:  # Ctrl-C too: the MLflow run must not stay RUNNING
         _mark_failed(uri, run_id)
         raise
     printer(f"best checkpoint: step {outcome.metrics.get('step')}, {train_cfg.select_metric} "
             f"{outcome.metrics.get(train_cfg.select_metric)}")  # fmt: skip
-    return TrainOutcome(name, run_id, *outcome)
+    return outcome
 
 
 def _mark_failed(uri: str, run_id: str) -> None:
