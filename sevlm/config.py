@@ -93,6 +93,11 @@ class ModelConfig:
     def image_size(self) -> int:
         return int(self.vision["image_size"])
 
+    def without_pretrained(self) -> ModelConfig:
+        """The same architecture with no weights to fetch: for when a checkpoint or model
+        directory holds them all."""
+        return dataclasses.replace(self, decoder_weights=None, vision_weights=None)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

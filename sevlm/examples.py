@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sevlm.artemis import Painting
+from sevlm.config import ModelConfig
 from sevlm.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.sequences import SequenceBuilder, encode_pair
@@ -47,6 +48,21 @@ class ExampleConfig:
             object.__setattr__(self, "lexicon", str(Path(self.lexicon).expanduser().absolute()))
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+
+    @classmethod
+    def for_model(
+        cls, config: ModelConfig, lexicon: Path | str | None = None, seed: int = 0
+    ) -> ExampleConfig:
+        """The inputs a model was built for: its image size and statistics, length, tokenizer."""
+        return cls(
+            image_size=config.image_size,
+            mean=config.image_mean,
+            std=config.image_std,
+            max_len=config.max_len,
+            tokenizer=config.tokenizer,
+            lexicon=None if lexicon is None else str(lexicon),
+            seed=seed,
+        )
 
     @property
     def transform(self) -> ImageTransform:

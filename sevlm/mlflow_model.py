@@ -36,14 +36,13 @@ def _read(value: str | bytes) -> bytes:
 
 class SEVLMModel(PythonModel):
     def load_context(self, context) -> None:
+        from sevlm.examples import ExampleConfig
         from sevlm.generate import Decoder
-        from sevlm.images import ImageTransform
         from sevlm.weights import load_pretrained
 
         loaded = load_pretrained(context.artifacts["model"])
-        cfg = loaded.model.config
         self.decoder = Decoder(loaded.model, loaded.tokenizer, loaded.lexicon)
-        self.transform = ImageTransform(cfg.image_size, cfg.image_mean, cfg.image_std)
+        self.transform = ExampleConfig.for_model(loaded.model.config).transform
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import torch

@@ -191,15 +191,12 @@ def load_pretrained(
         raise WeightsError(f"{folder}: not a sevlm model directory ({e})") from e
     if info.get("format") != FORMAT:
         raise WeightsError(f"{folder}: unknown format {info.get('format')!r}, want {FORMAT}")
-    # The weights are all in model.safetensors: never fetch the pretrained ones again.
-    config = ModelConfig.from_dict(
-        {**info["model"], "decoder_weights": None, "vision_weights": None}
-    )
+    trained = ModelConfig.from_dict(info["model"])
     tokenizer = load_tokenizer(str(folder))
-    model = build_model(config, tokenizer)
+    model = build_model(trained.without_pretrained(), tokenizer)  # all in model.safetensors
     state = load_file(folder / "model.safetensors", device=str(device))
     model.load_state_dict(state, strict=True)
-    model.config = ModelConfig.from_dict(info["model"])  # as trained: where weights came from
+    model.config = trained  # as trained: where its weights first came from
     return LoadedModel(
         model.to(device).eval(), tokenizer, _load_lexicon(folder, info, lexicon), info
     )

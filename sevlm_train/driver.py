@@ -143,15 +143,7 @@ def run_training(
     name = name or run_name(model_cfg, train_cfg, source, data_seed, extra)
     output = Path(output).absolute()
     storage = storage or str(output / "ray")
-    example = ExampleConfig(
-        image_size=model_cfg.image_size,
-        mean=model_cfg.image_mean,
-        std=model_cfg.image_std,
-        max_len=model_cfg.max_len,
-        tokenizer=model_cfg.tokenizer,
-        lexicon=None if source.lexicon is None else str(source.lexicon),
-        seed=train_cfg.seed,
-    )
+    example = ExampleConfig.for_model(model_cfg, source.lexicon, seed=train_cfg.seed)
     params = {
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
@@ -251,11 +243,8 @@ def export_model(
     """Write a checkpoint's model as a model directory, atomically (a folder swapped in)."""
     from safetensors.torch import load_file
 
-    cfg = ModelConfig.from_dict(
-        {**model_cfg.to_dict(), "decoder_weights": None, "vision_weights": None}
-    )
-    tokenizer = load_tokenizer(cfg.tokenizer)
-    model = build_model(cfg, tokenizer)
+    tokenizer = load_tokenizer(model_cfg.tokenizer)
+    model = build_model(model_cfg.without_pretrained(), tokenizer)
     with checkpoint.as_directory() as folder:
         model.load_state_dict(load_file(Path(folder) / "model.safetensors"))
     # the config as trained (where the pretrained weights came from), not as rebuilt

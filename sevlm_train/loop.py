@@ -86,8 +86,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state, saved = TrainState(), None
     checkpoint = ray.train.get_checkpoint()
     # A restart takes every weight from the checkpoint: no need to fetch pretrained ones.
-    fresh = {"decoder_weights": None, "vision_weights": None} if checkpoint else {}
-    model = build_model(dataclasses.replace(model_cfg, **fresh), tokenizer)
+    model = build_model(model_cfg.without_pretrained() if checkpoint else model_cfg, tokenizer)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             model.load_state_dict(load_file(Path(folder) / "model.safetensors"))
