@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(train)
     train.add_argument("--preset", default="tiny", help="model and training preset (default tiny)")
     train.add_argument("--config", type=Path, help="YAML with model: and train: sections")
-    train.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (1 per GPU)")
+    train.add_argument(
+        "--num-workers", type=int, help="Ray Train workers (default: one per GPU, 1 without GPUs)"
+    )
     train.add_argument("--max-steps", type=int, help="optimizer steps (overrides the config)")
     train.add_argument("--output", type=Path, default=Path("runs"), help="output folder (runs/)")
     train.add_argument("--name", help="run name (default: a hash of configs and data; the same "

@@ -48,8 +48,8 @@ Printer = Callable[[str], None]
 class Scaling:
     """How a run uses the cluster."""
 
-    num_workers: int = 1
-    """Ray Train workers: one per GPU."""
+    num_workers: int | None = None
+    """Ray Train workers; None: one per GPU of the cluster (1 on a cluster without GPUs)."""
     use_gpu: bool | None = None
     """None: use GPUs when the cluster has them."""
     cpus_per_worker: float | None = None
@@ -86,22 +86,26 @@ def ensure_ray(printer: Printer) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
-def scaling_config(scaling: Scaling) -> tuple[ray.train.ScalingConfig, int]:
+def scaling_config(
+    scaling: Scaling, resources: dict[str, float] | None = None
+) -> tuple[ray.train.ScalingConfig, int]:
     """Ray's scaling config and the torch threads per worker, from the cluster's resources."""
-    resources = ray.cluster_resources()
-    use_gpu = scaling.use_gpu if scaling.use_gpu is not None else resources.get("GPU", 0) > 0
+    resources = resources if resources is not None else ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    use_gpu = scaling.use_gpu if scaling.use_gpu is not None else gpus > 0
+    workers = scaling.num_workers or (
+        max(1, math.floor(gpus / scaling.gpus_per_worker)) if use_gpu else 1
+    )
+    total = resources.get("CPU", 1)
     cpus = scaling.cpus_per_worker
     if cpus is None:
-        total = resources.get("CPU", 1)
-        cpus = 1.0 if use_gpu else max(0.25, min(1.0, (total - 0.5) / scaling.num_workers))
+        cpus = 1.0 if use_gpu else max(0.25, min(1.0, (total - 0.5) / workers))
     per_worker: dict[str, float] = {"CPU": cpus}
     if use_gpu:
         per_worker["GPU"] = scaling.gpus_per_worker
-    threads = (
-        max(1, math.floor(resources.get("CPU", 1) / scaling.num_workers)) if not use_gpu else 1
-    )
+    threads = 1 if use_gpu else max(1, math.floor(total / workers))
     config = ray.train.ScalingConfig(
-        num_workers=scaling.num_workers, use_gpu=use_gpu, resources_per_worker=per_worker
+        num_workers=workers, use_gpu=use_gpu, resources_per_worker=per_worker
     )
     return config, threads
 
@@ -126,11 +130,6 @@ def run_training(
     """Train one model with Ray Train and MLflow; write the best model to ``output/model``."""
     scaling = scaling or Scaling()
     prep = prep or UtterancePrep()
-    if train_cfg.batch_size % scaling.num_workers:
-        raise ValueError(
-            f"train.batch_size {train_cfg.batch_size} does not split evenly among "
-            f"{scaling.num_workers} workers"
-        )
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
     if data is None:
@@ -141,6 +140,13 @@ def run_training(
         raise ValueError("the data has no training or no validation paintings")
     extra = {"text_prep": dataclasses.asdict(prep), "experiment": experiment}
     name = name or run_name(model_cfg, train_cfg, source, data_seed, extra)
+    ensure_ray(printer)
+    config, threads = scaling_config(scaling)
+    if train_cfg.batch_size % config.num_workers:
+        raise ValueError(
+            f"train.batch_size {train_cfg.batch_size} does not split evenly among "
+            f"{config.num_workers} workers"
+        )
     output = Path(output).absolute()
     storage = storage or str(output / "ray")
     example = ExampleConfig.for_model(model_cfg, source.lexicon, seed=train_cfg.seed)
@@ -148,18 +154,16 @@ def run_training(
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
         "data": {**source.describe(), "seed": data_seed, "text_prep": dataclasses.asdict(prep)},
-        "scaling": dataclasses.asdict(scaling),
+        "scaling": {**dataclasses.asdict(scaling), "num_workers": config.num_workers},
     }
     run_id, created = find_or_create_run(uri, experiment, name, params, parent_run_id)
     if created:
         client_for(uri).log_dict(run_id, data.report.to_dict(), "data_report.json")
     printer(f"run {name}: MLflow run {run_id} ({'new' if created else 'resumed'}) at {uri}")
 
-    ensure_ray(printer)
     if uri.startswith(("sqlite:", "file:")) and len(ray.nodes()) > 1:
         printer(f"warning: {uri} is a store on this machine only; workers on other nodes "
                 "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
-    config, threads = scaling_config(scaling)
     pipeline = build_pipeline(data, example, epoch=None, splits=("train",))
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
     trainer = TorchTrainer(

@@ -121,3 +121,21 @@ def test_dominant_emotion_and_accuracy() -> None:
         {"a": ["awe", "awe", "fear"], "b": ["awe", "awe", "awe"], "c": ["awe", "fear"]},
     )
     assert result == {"emotion_accuracy": 0.5, "images_scored": 2, "images_excluded": 1}
+
+
+@pytest.mark.parametrize(
+    ("resources", "kwargs", "expected"),
+    [
+        ({"CPU": 16, "GPU": 4}, {}, (4, True, {"CPU": 1.0, "GPU": 1.0}, 1)),  # one per GPU
+        ({"CPU": 16, "GPU": 4}, {"gpus_per_worker": 0.5}, (8, True, {"CPU": 1.0, "GPU": 0.5}, 1)),
+        ({"CPU": 2}, {}, (1, False, {"CPU": 1.0}, 2)),  # CPU only: one worker, both cores
+        ({"CPU": 2}, {"num_workers": 2}, (2, False, {"CPU": 0.75}, 1)),  # room for data tasks
+    ],
+)
+def test_scaling_from_cluster_resources(resources, kwargs, expected) -> None:
+    pytest.importorskip("ray")
+    from sevlm_train.driver import Scaling, scaling_config
+
+    config, threads = scaling_config(Scaling(**kwargs), resources)
+    got = (config.num_workers, config.use_gpu, config.resources_per_worker, threads)
+    assert got == expected
