@@ -120,9 +120,15 @@ class Decoder:
         try:
             with torch.no_grad():
                 memory = self.model.encode_images(pixel_values)
-            rows = self.generate(memory, max_new_tokens, use_cache)
+            return self.explain_memory(memory, max_new_tokens, use_cache)
         finally:
             self.model.train(was_training)
+
+    def explain_memory(
+        self, memory: Tensor, max_new_tokens: int = MAX_NEW_TOKENS, use_cache: bool = True
+    ) -> list[Explanation]:
+        """Emotion and explanation for images already encoded (``memory [B, M, C]``)."""
+        rows = self.generate(memory, max_new_tokens, use_cache)
         return [self.parse(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rows]
 
     def parse(self, text: str) -> Explanation:

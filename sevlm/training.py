@@ -157,10 +157,9 @@ def evaluate_shard(
         for term, count in out.counts.items():  # a removed head has no count, no loss
             sums[term] = sums.get(term, 0.0) + float(getattr(out, term)) * count
             counts[term] = counts.get(term, 0) + count
-        rows = decoder.generate(memory.float(), max_new_tokens)
-        for key, row in zip(batch["key"], rows, strict=True):
-            said = decoder.parse(decoder.tokenizer.decode(row, skip_special_tokens=True))
-            predictions[str(key)] = (said.emotion, said.explanation)
+        said = decoder.explain_memory(memory.float(), max_new_tokens)
+        for key, one in zip(batch["key"], said, strict=True):
+            predictions[str(key)] = (one.emotion, one.explanation)
     model.train(was_training)
     weights = {"vad_loss": model.config.w_vad, "cl_loss": model.config.w_cl}
     return {

@@ -24,6 +24,7 @@ from sevlm.tokenizer import EMOTION_TOKEN, EXPLANATION_TOKEN, load_tokenizer, sh
 
 FORMAT = "sevlm-model/1"
 LEXICON_FILE = "lexicon.tsv"
+WEIGHTS_FILE = "model.safetensors"
 
 
 class WeightsError(RuntimeError):
@@ -157,8 +158,7 @@ def save_pretrained(
     (NRC-VAD's licence may not let you pass the file on with the model)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, folder / "model.safetensors", metadata={"format": FORMAT})
+    save_weights(model, folder / WEIGHTS_FILE)
     tokenizer.save_pretrained(folder)
     lexicon_info = {"source": lexicon.source, "sha256": lexicon.sha256, "entries": len(lexicon)}
     if copy_lexicon and len(lexicon):
@@ -194,12 +194,22 @@ def load_pretrained(
     trained = ModelConfig.from_dict(info["model"])
     tokenizer = load_tokenizer(str(folder))
     model = build_model(trained.without_pretrained(), tokenizer)  # all in model.safetensors
-    state = load_file(folder / "model.safetensors", device=str(device))
-    model.load_state_dict(state, strict=True)
+    load_weights(model, folder / WEIGHTS_FILE, device)
     model.config = trained  # as trained: where its weights first came from
     return LoadedModel(
         model.to(device).eval(), tokenizer, _load_lexicon(folder, info, lexicon), info
     )
+
+
+def save_weights(model: SEVLM, path: Path) -> None:
+    """A model's state as safetensors (checkpoints and model directories alike)."""
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, path, metadata={"format": FORMAT})
+
+
+def load_weights(model: SEVLM, path: Path, device: str | torch.device = "cpu") -> None:
+    """Every weight of ``model`` from a safetensors file (strict; nothing unpickled)."""
+    model.load_state_dict(load_file(path, device=str(device)), strict=True)
 
 
 def _load_lexicon(folder: Path, info: dict, override: Path | str | None) -> VADLexicon:

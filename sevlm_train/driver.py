@@ -38,7 +38,7 @@ from sevlm.tracking import (
     log_model,
     resolve_tracking_uri,
 )
-from sevlm.weights import build_model, save_pretrained
+from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_pretrained
 from sevlm_train.loop import train_loop_per_worker
 
 Printer = Callable[[str], None]
@@ -245,12 +245,10 @@ def export_model(
     metrics: dict[str, Any],
 ) -> Path:
     """Write a checkpoint's model as a model directory, atomically (a folder swapped in)."""
-    from safetensors.torch import load_file
-
     tokenizer = load_tokenizer(model_cfg.tokenizer)
     model = build_model(model_cfg.without_pretrained(), tokenizer)
     with checkpoint.as_directory() as folder:
-        model.load_state_dict(load_file(Path(folder) / "model.safetensors"))
+        load_weights(model, Path(folder) / WEIGHTS_FILE)
     # the config as trained (where the pretrained weights came from), not as rebuilt
     model.config = model_cfg
     lexicon = read_lexicon(source.lexicon) if source.lexicon else VADLexicon({})

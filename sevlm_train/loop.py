@@ -22,7 +22,6 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
@@ -33,7 +32,7 @@ from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import MetricLogger
 from sevlm.training import Stepper, eval_shard, evaluate_shard, reduce_eval, to_device
-from sevlm.weights import build_model
+from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_weights
 
 FAIL_AT_STEP = "SEVLM_FAIL_AT_STEP"
 """Testing hook: rank 0 raises once when it reaches this step (see :class:`FaultHook`)."""
@@ -89,7 +88,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = build_model(model_cfg.without_pretrained() if checkpoint else model_cfg, tokenizer)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            model.load_state_dict(load_file(Path(folder) / "model.safetensors"))
+            load_weights(model, Path(folder) / WEIGHTS_FILE)
             saved = torch.load(Path(folder) / "trainer.pt", weights_only=True)
         state = TrainState(**saved["state"])
         _set_rng(saved["rng"])
@@ -188,8 +187,7 @@ def _report(metrics: dict, model, stepper: Stepper, state: TrainState, rank: int
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory(prefix="sevlm-ckpt-") as folder:
-        state_dict = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state_dict, Path(folder) / "model.safetensors")
+        save_weights(model, Path(folder) / WEIGHTS_FILE)
         torch.save(
             {
                 "stepper": stepper.state_dict(),
