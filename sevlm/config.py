@@ -175,6 +175,80 @@ class TrainConfig:
         return value > best if self.select_mode == "max" else value < best
 
 
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+
+DEFAULT_SPACE: dict[str, dict[str, list]] = {
+    "temperature": {"loguniform": [0.01, 1.0]},
+    "w_cl": {"uniform": [0.0, 2.0]},
+    "w_vad": {"uniform": [0.0, 2.0]},
+}
+"""The search space: contrastive temperature, contrastive and VAD loss weights."""
+
+
+@dataclass
+class SearchConfig:
+    """A hyperparameter search (``tune/search.py``): the space, the searcher, the scheduler."""
+
+    space: dict[str, dict[str, list]] = field(default_factory=lambda: dict(DEFAULT_SPACE))
+    """Field -> ``{distribution: [args]}``: uniform/loguniform ``[low, high]``, randint
+    ``[low, high)``, choice ``[values]``. Keys are model or train fields (``lr``, ``train.lr``)."""
+    num_samples: int = 16
+    """Trials to run."""
+    max_concurrent: int | None = None
+    """Trials at once; None: as many as the cluster holds."""
+    metric: str | None = None
+    """The metric to optimise; None: the train config's ``select_metric``."""
+    mode: str | None = None
+    """max or min; None: the train config's ``select_mode``."""
+    grace_period: int = 1
+    """ASHA: validations every trial gets before it may be stopped."""
+    reduction_factor: float = 2.0
+    """ASHA: 1 / the fraction of trials promoted at each rung."""
+    trial: dict[str, Any] = field(default_factory=dict)
+    """Settings every trial uses instead of the preset's (e.g. a shorter ``max_steps``)."""
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1 or (self.max_concurrent is not None and self.max_concurrent < 1):
+            raise ValueError("search config: num_samples and max_concurrent must be >= 1")
+        if self.mode not in (None, "max", "min"):
+            raise ValueError("search config: mode must be max or min")
+        if self.grace_period < 1 or self.reduction_factor <= 1:
+            raise ValueError("search config: grace_period >= 1 and reduction_factor > 1")
+        if not self.space:
+            raise ValueError("search config: the space is empty")
+        self.space = {key: _check_dimension(key, spec) for key, spec in self.space.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_dimension(key: str, spec: Any) -> dict[str, list]:
+    """``{"loguniform": [0.01, 1]}``, checked, with numeric bounds as numbers."""
+    where = f"search space {key!r}"
+    if key.rpartition(".")[0] not in ("", "model", "train"):
+        raise ValueError(f"{where}: name a model or train field (like train.lr)")
+    if key.rpartition(".")[0] == "":
+        _section_of(key)
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"{where}: write one distribution, like {{loguniform: [0.01, 1.0]}}")
+    ((kind, args),) = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"{where}: unknown distribution {kind!r}; one of {DISTRIBUTIONS}")
+    if not isinstance(args, list | tuple) or not args:
+        raise ValueError(f"{where}: {kind} needs a list")
+    if kind == "choice":
+        return {kind: list(args)}
+    if len(args) != 2:
+        raise ValueError(f"{where}: {kind} needs [low, high]")
+    try:  # YAML 1.1 reads 1e-5 as text
+        low, high = (int(a) for a in args) if kind == "randint" else (float(a) for a in args)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: bounds must be numbers, got {args}") from None
+    if not low < high or (kind == "loguniform" and low <= 0):
+        raise ValueError(f"{where}: need low < high (and low > 0 for loguniform), got {args}")
+    return {kind: [low, high]}
+
+
 def _from_dict(cls, values: dict[str, Any]):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
@@ -183,13 +257,16 @@ def _from_dict(cls, values: dict[str, Any]):
     return cls(**values)
 
 
+SECTIONS = ("model", "train", "search")
+
+
 def preset_values(name: str) -> dict[str, dict[str, Any]]:
-    """A preset's ``model`` and ``train`` sections (``sevlm/presets/NAME.yaml``)."""
+    """A preset's ``model``, ``train`` and ``search`` sections (``sevlm/presets/NAME.yaml``)."""
     path = resources.files("sevlm") / "presets" / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"no preset {name!r}; presets: {', '.join(preset_names())}")
     values = yaml.safe_load(path.read_text())
-    return {"model": values.get("model", {}), "train": values.get("train", {})}
+    return {section: values.get(section) or {} for section in SECTIONS}
 
 
 def load_configs(
@@ -202,23 +279,50 @@ def load_configs(
     The file has ``model:`` and ``train:`` sections and may name its own ``preset:``. An
     override key is ``model.FIELD``, ``train.FIELD`` or a bare field name of either.
     """
-    values: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    file_values = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
-    unknown_sections = sorted(set(file_values) - {"preset", "model", "train"})
-    if unknown_sections:
-        raise ValueError(f"{config_file}: unknown sections {', '.join(unknown_sections)}")
-    preset = file_values.get("preset", preset)
-    if preset:
-        values = preset_values(preset)
-    for section in ("model", "train"):
-        values[section] = {**values[section], **(file_values.get(section) or {})}
-    for key, value in (overrides or {}).items():
+    values = _merged_sections(preset, config_file)
+    return _build(values["model"], values["train"], overrides or {})
+
+
+def override_configs(
+    model: ModelConfig, train: TrainConfig, overrides: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    """The configs with ``key=value`` overrides applied (as in :func:`load_configs`)."""
+    return _build(model.to_dict(), train.to_dict(), overrides)
+
+
+def _build(
+    model: dict[str, Any], train: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[ModelConfig, TrainConfig]:
+    values = {"model": dict(model), "train": dict(train)}
+    for key, value in overrides.items():
         if key.count(".") > 1:
             raise ValueError(f"override {key!r}: nested fields (like model.vision) are set in "
                              "--config, as a whole mapping")  # fmt: skip
         section, _, field_name = key.rpartition(".")
         values[section or _section_of(field_name)][field_name] = value
     return _from_dict(ModelConfig, values["model"]), _from_dict(TrainConfig, values["train"])
+
+
+def load_search_config(
+    preset: str | None = "tiny", config_file: Path | str | None = None
+) -> SearchConfig:
+    """The ``search:`` section of a preset, then of a YAML file (its ``space`` replaces the
+    preset's whole; other keys are merged)."""
+    return _from_dict(SearchConfig, _merged_sections(preset, config_file)["search"])
+
+
+def _merged_sections(preset: str | None, config_file: Path | str | None) -> dict[str, dict]:
+    values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    file_values = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
+    unknown_sections = sorted(set(file_values) - {"preset", *SECTIONS})
+    if unknown_sections:
+        raise ValueError(f"{config_file}: unknown sections {', '.join(unknown_sections)}")
+    preset = file_values.get("preset", preset)
+    if preset:
+        values = preset_values(preset)
+    for section in SECTIONS:
+        values[section] = {**values[section], **(file_values.get(section) or {})}
+    return values
 
 
 def _section_of(name: str) -> str:

@@ -23,7 +23,9 @@ emotion. Same arguments, same seed: byte-identical files.
 from __future__ import annotations
 
 import csv
+import os
 import shutil
+import tempfile
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -95,6 +97,30 @@ def write_sample(
     lexicon = out / LEXICON_NAME
     shutil.copyfile(sample_lexicon_path(), lexicon)
     return SampleSummary(out, paintings, len(rows), csv_path, images, lexicon)
+
+
+def cached_sample(cache: Path | str | None = None) -> Path:
+    """The default sample, written on first use into ``cache`` (default: ``$SEVLM_CACHE``,
+    else ``$XDG_CACHE_HOME/sevlm``, else ``~/.cache/sevlm``), atomically: a folder that is
+    there is complete, even when two processes race to write it."""
+    if cache is None:
+        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        cache = os.environ.get("SEVLM_CACHE") or Path(xdg) / "sevlm"
+    target = Path(cache).absolute() / f"sample-{DEFAULT_PAINTINGS}-v1"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".sample-", dir=target.parent))
+    try:
+        write_sample(staging)
+        staging.chmod(0o755)
+        staging.rename(target)
+    except OSError:
+        if not target.is_dir():  # not a lost race: a real failure
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _pick(rng: Rng, options: Sequence[str]) -> str:

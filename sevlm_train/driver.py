@@ -42,6 +42,10 @@ from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_pretrain
 from sevlm_train.loop import train_loop_per_worker
 
 Printer = Callable[[str], None]
+MODEL_URI_TAG = "sevlm.model_uri"
+"""Tag of a finished training run: the URI of its logged model."""
+ERROR_TAG = "sevlm.error"
+"""Tag of a failed training run: what went wrong."""
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Scaling:
     """GPUs per worker (fractions let small trials share a GPU)."""
     max_failures: int = 2
     """Worker-group restarts before the run fails."""
+    concurrent_runs: int = 1
+    """Runs sharing the cluster at once (search trials): each sizes itself to its share."""
 
 
 @dataclass
@@ -91,14 +97,15 @@ def scaling_config(
 ) -> tuple[ray.train.ScalingConfig, int]:
     """Ray's scaling config and the torch threads per worker, from the cluster's resources."""
     resources = resources if resources is not None else ray.cluster_resources()
+    share = scaling.concurrent_runs
     gpus = resources.get("GPU", 0)
     use_gpu = scaling.use_gpu if scaling.use_gpu is not None else gpus > 0
     workers = scaling.num_workers or (
-        max(1, math.floor(gpus / scaling.gpus_per_worker)) if use_gpu else 1
+        max(1, math.floor(gpus / share / scaling.gpus_per_worker)) if use_gpu else 1
     )
-    total = resources.get("CPU", 1)
+    total = resources.get("CPU", 1) / share
     cpus = scaling.cpus_per_worker
-    if cpus is None:
+    if cpus is None:  # half a CPU of each share is left to Ray Data's decoding tasks
         cpus = 1.0 if use_gpu else max(0.25, min(1.0, (total - 0.5) / workers))
     per_worker: dict[str, float] = {"CPU": cpus}
     if use_gpu:
@@ -125,9 +132,13 @@ def run_training(
     prep: UtterancePrep | None = None,
     parent_run_id: str | None = None,
     data: ArtemisData | None = None,
+    callbacks: list | None = None,
     printer: Printer = print,
 ) -> TrainOutcome:
-    """Train one model with Ray Train and MLflow; write the best model to ``output/model``."""
+    """Train one model with Ray Train and MLflow; write the best model to ``output/model``.
+
+    ``callbacks`` go to Ray Train's ``RunConfig`` (a search trial passes Tune's reporter).
+    """
     scaling = scaling or Scaling()
     prep = prep or UtterancePrep()
     uri = resolve_tracking_uri(tracking_uri)
@@ -190,6 +201,7 @@ def run_training(
                 checkpoint_score_order=train_cfg.select_mode,
             ),
             worker_runtime_env={"env_vars": env} if env else None,
+            callbacks=callbacks,
         ),
         datasets={"train": pipeline.datasets["train"]},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -201,17 +213,23 @@ def run_training(
             run_id,
             *_finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id),
         )
-    except BaseException:  # Ctrl-C too: the MLflow run must not stay RUNNING
-        _mark_failed(uri, run_id)
+    except BaseException as e:  # Ctrl-C too: the MLflow run must not stay RUNNING
+        mark_failed(uri, run_id, e)
         raise
     printer(f"best checkpoint: step {outcome.metrics.get('step')}, {train_cfg.select_metric} "
             f"{outcome.metrics.get(train_cfg.select_metric)}")  # fmt: skip
     return outcome
 
 
-def _mark_failed(uri: str, run_id: str) -> None:
+def mark_failed(uri: str, run_id: str, error: BaseException | str) -> None:
+    """End an MLflow run as failed, with the error as its ``sevlm.error`` tag."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     try:
-        client_for(uri).set_terminated(run_id, status="FAILED")
+        client = client_for(uri)
+        if client.get_run(run_id).info.status == "KILLED":  # a search stopped it on purpose
+            return
+        client.set_tag(run_id, ERROR_TAG, text[:4000])
+        client.set_terminated(run_id, status="FAILED")
     except Exception as e:  # never hide the error that got us here
         print(f"warning: could not mark MLflow run {run_id} failed: {e}")
 
@@ -229,8 +247,10 @@ def _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id)
     model_dir = export_model(best, model_cfg, source, output / "model", train_cfg, metrics)
     model_uri = log_model(uri, run_id, model_dir)
     client = client_for(uri)
-    dropped = pipeline.dropped()
-    for reason, count in dropped.items():
+    client.set_tag(run_id, MODEL_URI_TAG, model_uri)
+    for key, value in metrics.items():  # the exported checkpoint's figures
+        client.log_metric(run_id, f"best/{key}", value)
+    for reason, count in pipeline.dropped().items():
         client.log_metric(run_id, f"pipeline/{reason}", count)
     client.set_terminated(run_id, status="FINISHED")
     return model_dir, model_uri, metrics

@@ -131,7 +131,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             state.stale += 1
         state.stopped = 0 < train_cfg.early_stop <= state.stale
-        metrics.update({"step": state.step, "epoch": state.epoch, "best": state.best})
+        final = state.stopped or state.step >= train_cfg.max_steps  # the run's last report
+        metrics.update(
+            {"step": state.step, "epoch": state.epoch, "best": state.best, "final": float(final)}
+        )
         if logger is not None:  # before the checkpoint: a failure in between replays this step
             logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, state.step)
             print(_line("val", state.step, metrics), flush=True)

@@ -1,0 +1,204 @@
+"""The search's pieces that need no running sweep: config, space, concurrency, spec, the
+Optuna bookkeeping and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sevlm.artemis import DataSource
+from sevlm.config import DEFAULT_SPACE, SearchConfig, load_configs, load_search_config
+from sevlm.sample import cached_sample
+from sevlm.text import UtterancePrep
+
+pytest.importorskip("ray")
+from sevlm_train.driver import Scaling
+from sevlm_train.search import (
+    PruningOptunaSearch,
+    TrialRow,
+    load_spec,
+    make_spec,
+    optuna_plots,
+    save_spec,
+    trial_concurrency,
+    tune_space,
+)
+
+
+def test_default_space_is_the_papers_three_knobs():
+    search = SearchConfig()
+    assert set(search.space) == {"temperature", "w_cl", "w_vad"}
+    assert search.space["temperature"] == {"loguniform": [0.01, 1.0]}
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"temperature": {"loguniform": [0.0, 1.0]}}, "low > 0"),
+        ({"w_cl": {"uniform": [2.0, 1.0]}}, "low < high"),
+        ({"w_cl": {"normal": [0, 1]}}, "unknown distribution"),
+        ({"w_cl": {"uniform": [0, 1], "loguniform": [1, 2]}}, "one distribution"),
+        ({"no_such_field": {"uniform": [0, 1]}}, "neither model nor train"),
+        ({"lr": {"loguniform": ["a", "b"]}}, "must be numbers"),
+        ({"vision.hidden_size": {"choice": [1]}}, "model or train field"),
+        ({}, "space is empty"),
+    ],
+)
+def test_bad_search_spaces_are_clear_errors(space, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(space=space)
+
+
+def test_yaml_bounds_written_like_1e_5_are_numbers():
+    # YAML 1.1 reads 1e-5 as text; the space takes it as the number it means
+    search = SearchConfig(space={"train.lr": {"loguniform": ["1e-5", "1e-3"]}})
+    assert search.space["train.lr"] == {"loguniform": [1e-5, 1e-3]}
+
+
+def test_config_file_replaces_the_space_and_keeps_other_search_settings(tmp_path):
+    preset = load_search_config("tiny")
+    assert preset.space == DEFAULT_SPACE and preset.trial["max_steps"] == 120
+    file = tmp_path / "search.yaml"
+    file.write_text("search:\n  num_samples: 3\n  space:\n    lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
+    search = load_search_config("tiny", file)
+    assert search.space == {"lr": {"loguniform": [1e-4, 1e-2]}}  # replaced whole
+    assert search.num_samples == 3 and search.trial == preset.trial
+    load_configs("tiny", file)  # a search section does not trouble the model/train loader
+
+
+def test_tune_space_samples_inside_the_bounds():
+    space = tune_space(
+        SearchConfig(
+            space={
+                "temperature": {"loguniform": [0.01, 1.0]},
+                "w_cl": {"uniform": [0.0, 2.0]},
+                "n_layer": {"randint": [1, 4]},
+                "train.batch_size": {"choice": [8, 16]},
+            }
+        )
+    )
+    for _ in range(50):
+        assert 0.01 <= space["temperature"].sample() <= 1.0
+        assert 0.0 <= space["w_cl"].sample() <= 2.0
+        assert space["n_layer"].sample() in (1, 2, 3)
+        assert space["train.batch_size"].sample() in (8, 16)
+
+
+def test_concurrency_follows_the_cluster():
+    said: list[str] = []
+    gpu = {"CPU": 32, "GPU": 8}
+    assert trial_concurrency(gpu, Scaling(num_workers=2), None, said.append) == 4
+    assert (
+        trial_concurrency(gpu, Scaling(num_workers=1, gpus_per_worker=0.5), None, said.append) == 16
+    )
+    assert trial_concurrency(gpu, Scaling(), None, said.append) == 1  # a worker per GPU each
+    assert trial_concurrency(gpu, Scaling(num_workers=2), 3, said.append) == 3
+    assert not said
+    # asking for more than fits would leave trials waiting for GPUs that never free up
+    assert trial_concurrency(gpu, Scaling(num_workers=4), 5, said.append) == 2
+    assert "more than the cluster holds" in said[0]
+    assert trial_concurrency({"CPU": 2}, Scaling(), None, said.append) == 2
+    assert trial_concurrency({"CPU": 2}, Scaling(num_workers=2), None, said.append) == 1
+
+
+def spec_for(tmp_path: Path, name: str = "s1", **search):
+    model, train = load_configs("tiny", None, {})
+    return make_spec(
+        name,
+        DataSource.resolve(data=str(tmp_path)),
+        model,
+        train,
+        SearchConfig(trial={"max_steps": 90, "val_every": 20}, **search),
+        Scaling(concurrent_runs=2),
+        storage=str(tmp_path / "storage"),
+        output=tmp_path / "out",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        experiment="e",
+        register_as="sevlm",
+        seed=3,
+        prep=UtterancePrep(),
+    )
+
+
+def test_spec_applies_trial_settings_and_the_metric(tmp_path, sample):
+    spec = spec_for(Path(sample.out), metric="val/emotion_accuracy", mode="max")
+    assert spec.train["max_steps"] == 90 and spec.max_t == 5  # 20, 40, 60, 80, 90
+    # trials keep the checkpoint that is best by the metric the search optimises
+    assert spec.train["select_metric"] == "val/emotion_accuracy"
+    assert spec.metric == "val/emotion_accuracy" and spec.mode == "max"
+
+
+def test_spec_round_trips_and_resume_finds_the_newest(tmp_path, sample):
+    import os
+    import time
+
+    first = spec_for(Path(sample.out), name="first")
+    first.storage = str(tmp_path / "storage")
+    save_spec(first)
+    second = spec_for(Path(sample.out), name="second")
+    second.storage = first.storage
+    save_spec(second)
+    later = time.time() + 5
+    os.utime(Path(first.storage) / "second", (later, later))
+    loaded = load_spec(first.storage, "first")
+    assert loaded.configs == first.configs and loaded.search_config == first.search_config
+    assert (loaded.name, loaded.source, loaded.seed) == ("first", first.source, 3)
+    assert load_spec(first.storage, None).name == "second"
+    with pytest.raises(ValueError, match="no sweep named 'third'"):
+        load_spec(first.storage, "third")
+    with pytest.raises(ValueError, match="no sweep to resume"):
+        load_spec(str(tmp_path / "empty"), None)
+
+
+def test_asha_stopped_trials_are_pruned_for_optuna():
+    search = PruningOptunaSearch(
+        space=tune_space(SearchConfig()), metric="val/bleu4", mode="max", seed=0
+    )
+    for trial in ("a", "b", "c"):
+        assert set(search.suggest(trial)) == {"temperature", "w_cl", "w_vad"}
+    for step in (1, 2):
+        search.on_trial_result("a", {"val/bleu4": 0.1 * step, "training_iteration": step})
+    search.on_trial_result("b", {"val/bleu4": 0.05, "training_iteration": 1})
+    search.on_trial_complete("a", {"val/bleu4": 0.2, "training_iteration": 2, "final": 1.0})
+    search.on_trial_complete("b", {"val/bleu4": 0.05, "training_iteration": 1, "final": 0.0})
+    search.on_trial_complete("c", None, error=True)
+    states = {t.number: t.state.name for t in search._ot_study.trials}
+    assert states == {0: "COMPLETE", 1: "PRUNED", 2: "FAIL"}
+    assert search._ot_study.trials[0].value == pytest.approx(0.2)
+    assert search._ot_study.trials[1].intermediate_values == {1: 0.05}
+
+
+def row(trial_id, state, final, **params):
+    return TrialRow(trial_id, params, state, 2, final, final, None, None)
+
+
+def test_optuna_plots_are_drawn_from_the_trials(tmp_path):
+    rows = [
+        row("t0", "finished", 0.3, temperature=0.1, w_cl=1.0, w_vad=0.5),
+        row("t1", "finished", 0.1, temperature=0.5, w_cl=0.2, w_vad=1.5),
+        row("t2", "finished", 0.2, temperature=0.02, w_cl=1.7, w_vad=0.1),
+        row("t3", "pruned", 0.05, temperature=0.9, w_cl=0.1, w_vad=1.9),
+        row("t4", "failed", None),  # failed before Tune recorded its config
+    ]
+    assert optuna_plots(rows, SearchConfig(), "max", tmp_path) == []
+    drawn = sorted(p.name for p in tmp_path.iterdir())
+    assert drawn == ["optimization_history.png", "parallel_coordinate.png", "param_importances.png"]
+    assert all((tmp_path / name).stat().st_size > 5000 for name in drawn)
+
+
+def test_a_plot_that_cannot_be_drawn_is_reported_not_raised(tmp_path):
+    rows = [row("t0", "finished", 0.3, temperature=0.1, w_cl=1.0, w_vad=0.5)]
+    problems = optuna_plots(rows, SearchConfig(), "max", tmp_path)
+    assert problems == ["Optuna plot param_importances needs 2 finished trials"]
+    assert (tmp_path / "optimization_history.png").exists()
+    assert not (tmp_path / "param_importances.png").exists()
+
+
+def test_the_sample_is_written_once_into_the_cache(tmp_path):
+    first = cached_sample(tmp_path)
+    assert (first / "artemis_dataset_release_v0.csv").is_file()
+    stamp = (first / "artemis_dataset_release_v0.csv").stat().st_mtime_ns
+    assert cached_sample(tmp_path) == first
+    assert (first / "artemis_dataset_release_v0.csv").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no staging left behind

@@ -1,0 +1,341 @@
+"""The search and the cluster, for real: `ray job submit` to a local head with a real
+`mlflow server`, a sweep resumed after its driver is killed, training across two nodes.
+
+Every process these tests start runs in a session of its own and is stopped by session id:
+nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sevlm.tracking import client_for
+
+ray = pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TRIAL = {
+    "max_steps": 8, "val_every": 4, "batch_size": 4, "log_every": 2,
+    "val_max_images": 6, "max_new_tokens": 6, "warmup_steps": 0,
+}  # fmt: skip
+
+
+def sweep_config(folder: Path, samples: int) -> Path:
+    """A sweep of short trials, one at a time (so the order of events is known)."""
+    path = folder / "sweep.yaml"
+    search = {"num_samples": samples, "max_concurrent": 1, "trial": TRIAL}
+    path.write_text(json.dumps({"search": search}))  # JSON is YAML
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def session_pids(sid: int) -> list[int]:
+    """Processes of one session (the field after the process group in /proc/PID/stat)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def stop_session(process: subprocess.Popen, grace_s: float = 20) -> None:
+    """Stop a process started with ``start_new_session=True`` and all it started."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in session_pids(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace_s
+        while session_pids(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if not session_pids(process.pid):
+            break
+    process.wait(timeout=10)
+
+
+def test_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def wait_for(check, timeout_s: float, what: str, interval_s: float = 1.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def child_runs(uri: str, parent_name: str, experiment: str = "sevlm") -> tuple:
+    """(the sweep's parent run, its child runs)."""
+    client = client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None, []
+    runs = client.search_runs([found.experiment_id], max_results=200)
+    parents = [r for r in runs if r.data.tags.get("sevlm.run_name") == parent_name]
+    if not parents:
+        return None, []
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real `mlflow server` with a database backend, on 127.0.0.1."""
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(folder / "server.log", "w")  # noqa: SIM115 (open for the server's lifetime)
+    process = subprocess.Popen(
+        [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
+         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=test_env(),
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(uri), 90, f"mlflow server at {uri} ({folder / 'server.log'})")
+        yield uri
+    finally:
+        stop_session(process)
+        log.close()
+
+
+def _answers(uri: str) -> bool:
+    try:
+        client_for(uri).search_experiments(max_results=1)
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[dict]:
+    """A real local head (`ray start --head`, dashboard on 127.0.0.1) for job submission."""
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
+    dashboard = free_port()
+    log = open(Path(temp) / "head.log", "w")  # noqa: SIM115
+    process = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", "--num-cpus", "2",
+         "--port", str(free_port()), "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
+         "--temp-dir", temp, "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=test_env(),
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        def up():
+            try:
+                return JobSubmissionClient(address).list_jobs() is not None
+            except Exception:
+                return False
+
+        wait_for(up, 120, f"the Ray head's dashboard at {address}")
+        yield {"address": address, "temp": temp}
+    finally:
+        stop_session(process)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_job_submit_sweep_tracked_in_a_mlflow_server(ray_head, mlflow_server, sample, tmp_path):
+    """The README's cluster recipe, on one machine: a sweep submitted as a Ray job, tracked
+    in a real MLflow server; a trial that fails is recorded and the sweep goes on; the
+    champion is registered and loads from the registry."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    config = sweep_config(tmp_path, samples=3)
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        # the first trial to reach step 3 fails, once; no worker restart saves it
+        "SEVLM_FAIL_AT_STEP": "3",
+        "SEVLM_FAIL_MARKER": str(tmp_path / "fault"),
+    }
+    command = [
+        BIN / "ray", "job", "submit", "--address", ray_head["address"],
+        "--working-dir", str(REPO), "--runtime-env-json", json.dumps({"env_vars": env}),
+        "--submission-id", "sevlm-test-sweep", "--no-wait", "--",
+        "python", "tune/search.py", "--data", str(sample.out), "--config", str(config),
+        "--name", "jobsweep", "--storage", str(tmp_path / "storage"),
+        "--output", str(tmp_path / "runs"), "--max-failures", "0",
+    ]  # fmt: skip
+    submitted = subprocess.run(
+        [str(c) for c in command], env=test_env(), capture_output=True, text=True, timeout=120
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    jobs = JobSubmissionClient(ray_head["address"])
+    final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+    status = wait_for(
+        lambda: (s := jobs.get_job_status("sevlm-test-sweep")) in final and s, 600, "the job"
+    )
+    logs = jobs.get_job_logs("sevlm-test-sweep")
+    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    assert "best trial" in logs and "models:/sevlm@champion" in logs
+
+    parent, children = child_runs(mlflow_server, "jobsweep")
+    assert parent is not None and parent.info.status == "FINISHED"
+    assert parent.data.params["search.space.temperature.loguniform"] == "[0.01, 1.0]"
+    assert len(children) == 3
+    failed = [r for r in children if r.info.status == "FAILED"]
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert len(failed) == 1 and len(finished) == 2
+    assert "injected fault at step 3" in failed[0].data.tags["sevlm.error"]
+    for run in finished:
+        assert {"model.temperature", "model.w_cl", "model.w_vad"} <= set(run.data.params)
+        assert run.data.tags["sevlm.model_uri"].startswith("models:/")
+        client = client_for(mlflow_server)
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/bleu4")] == [4, 8]
+    assert parent.data.metrics["trials/failed"] == 1
+    assert parent.data.metrics["trials/finished"] == 2
+    plots = {a.path for a in client_for(mlflow_server).list_artifacts(parent.info.run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/parallel_coordinate.png"} <= plots
+
+    # the registry: sevlm@champion is the best finished trial's model, and it loads
+    client = client_for(mlflow_server)
+    version = client.get_model_version_by_alias("sevlm", "champion")
+    assert version.run_id == parent.data.tags["sevlm.best_run_id"]
+    assert version.run_id in {r.info.run_id for r in finished}
+    import mlflow
+    import pandas as pd
+
+    from sevlm.emotions import EMOTIONS
+    from sevlm.mlflow_model import encode_image
+
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model("models:/sevlm@champion")
+    image = next(Path(sample.out, "wikiart").rglob("*.jpg"))
+    Image.open(image).verify()
+    answer = model.predict(pd.DataFrame({"image": [encode_image(str(image))]}))
+    assert answer["emotion"][0] in (*EMOTIONS, "unknown")
+
+
+def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
+    """Kill the search driver (and the Ray it started) mid-sweep; `--resume` finishes the
+    sweep without running the finished trials again."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = sweep_config(tmp_path, samples=3)
+    args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
+            "--config", str(config), "--name", "killed", "--storage", str(tmp_path / "storage"),
+            "--output", str(tmp_path / "runs"), "--tracking-uri", uri]  # fmt: skip
+    env = test_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rk", dir="/tmp"))
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            cwd=tmp_path,
+        )
+        try:
+
+            def one_done_one_training():
+                _, runs = child_runs(uri, "killed")
+                done = [r for r in runs if r.info.status == "FINISHED"]
+                training = [r for r in runs if r.info.status == "RUNNING" and r.data.metrics]
+                return done and training and runs
+
+            runs = wait_for(one_done_one_training, 400, "a finished trial and one training", 2)
+        finally:
+            stop_session(first, grace_s=0)  # SIGTERM to the driver and its Ray, then SIGKILL
+    killed_at = time.time() * 1000
+    done_before = {r.info.run_name: r.info.end_time for r in runs if r.info.status == "FINISHED"}
+
+    resumed = subprocess.run(
+        [*args, "--resume"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    parent, children = child_runs(uri, "killed")
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 3  # no trial started over under a second run
+    assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}
+    for name, end_time in done_before.items():
+        run = next(r for r in children if r.info.run_name == name)
+        assert run.info.end_time == end_time < killed_at  # not run again
+        trial_id = name.removeprefix("killed-")
+        assert f"[{trial_id}]" not in resumed.stderr  # its trial printed nothing this time
+    table = resumed.stdout
+    assert len(re.findall(r"^\w{8}\s+(finished|pruned)\s", table, re.M)) == 3, table
+    assert client_for(uri).get_model_version_by_alias("sevlm", "champion").run_id in {
+        r.info.run_id for r in children
+    }
+
+
+def test_training_spreads_over_two_nodes(sample, tmp_path):
+    """A head and a second node on this machine (1 CPU each), one Ray Train worker per node
+    (0.75 CPU each: two cannot share a node), checkpoints on storage both nodes see."""
+    from ray.cluster_utils import Cluster
+
+    from sevlm.artemis import DataSource, load_artemis
+    from sevlm.config import load_configs
+    from sevlm_train.driver import Scaling, run_training
+    from sevlm_train.loop import TRACE_DIR
+
+    temp = tempfile.mkdtemp(prefix="r2", dir="/tmp")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "_temp_dir": temp, "include_dashboard": False},
+    )
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    os.environ[TRACE_DIR] = str(trace)
+    try:
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        source = DataSource.resolve(data=str(sample.out))
+        model_cfg, train_cfg = load_configs("tiny", None, {**TRIAL, "max_steps": 6, "val_every": 3})
+        outcome = run_training(
+            source, model_cfg, train_cfg, output=tmp_path / "out", name="twonodes",
+            scaling=Scaling(num_workers=2, cpus_per_worker=0.75, max_failures=0),
+            storage=str(tmp_path / "shared"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+            data=load_artemis(source), printer=lambda _: None,
+        )  # fmt: skip
+        from ray.util.state import list_actors
+
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
+        assert len({w.node_id for w in workers}) == 2
+    finally:
+        os.environ.pop(TRACE_DIR, None)
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
+    assert sorted(p.name for p in trace.iterdir()) == ["rank0.tsv", "rank1.tsv"]
+    checkpoints = list((tmp_path / "shared" / "twonodes").glob("checkpoint_*"))
+    assert checkpoints and all((c / "model.safetensors").is_file() for c in checkpoints)
+    assert outcome.metrics["step"] in (3, 6) and "val/bleu4" in outcome.metrics
+    steps = client_for(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(
+        outcome.run_id, "val/emotion_accuracy"
+    )
+    assert sorted(m.step for m in steps) == [3, 6]

@@ -1,0 +1,129 @@
+"""Search SEVLM's loss hyperparameters: Ray Tune + Optuna TPE + ASHA, every trial in MLflow.
+
+With no arguments: the embedded sample (written on first use into a cache folder), the tiny
+preset and a sweep sized to finish in about ten minutes on two CPU cores. On a cluster:
+
+    ray job submit --working-dir . -- python tune/search.py --data /shared/artemis \\
+        --preset paper --storage /shared/ray --tracking-uri http://HEAD:5000
+
+See the README ("The search") for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sevlm.artemis import DataError, DataSource
+from sevlm.cli import add_data_args, source_from_args
+from sevlm.config import load_configs, load_search_config
+from sevlm.lexicon import LexiconError
+from sevlm.sample import cached_sample
+from sevlm.text import UtterancePrep
+from sevlm.tracking import DEFAULT_EXPERIMENT, TrackingError, check_reachable
+from sevlm_train.driver import Scaling, ensure_ray
+from sevlm_train.search import (
+    format_summary,
+    load_spec,
+    make_spec,
+    run_search,
+    sweep_exists,
+    trial_concurrency,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tune/search.py",
+        description="Search the contrastive temperature and the loss weights with Ray Tune, "
+        "Optuna and ASHA. Each trial is a Ray Train run and a nested MLflow run; the best "
+        "model is registered with the alias champion. Without data options: the embedded "
+        "sample.",
+    )
+    add_data_args(parser)
+    parser.add_argument("--preset", default="tiny", help="model/train/search preset (tiny)")
+    parser.add_argument("--config", type=Path, help="YAML with model:, train:, search: sections")
+    g = parser.add_argument_group("search")
+    g.add_argument("--num-samples", type=int, help="trials (default: the preset's search)")
+    g.add_argument("--metric", help="metric to optimise (default: train.select_metric)")
+    g.add_argument("--mode", choices=("max", "min"), help="max or min (default: select_mode)")
+    g.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    g.add_argument("--name", help="sweep name (default sweep-DATE-TIME; --resume: the newest)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    g = parser.add_argument_group("resources")
+    g.add_argument(
+        "--num-workers", type=int, help="Ray Train workers per trial (default: 1 per GPU)"
+    )
+    g.add_argument("--gpus-per-worker", type=float, default=1.0, help="GPUs per worker (1)")
+    g.add_argument("--max-failures", type=int, default=2, help="worker restarts per trial (2)")
+    g = parser.add_argument_group("where things go")
+    g.add_argument("--storage", help="Ray storage: a path, NFS or s3:// (default OUTPUT/ray)")
+    g.add_argument("--output", type=Path, default=Path("runs"), help="models (default runs/)")
+    g.add_argument("--tracking-uri", help="MLflow (default MLFLOW_TRACKING_URI or ./mlflow.db)")
+    g.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (sevlm)")
+    g.add_argument("--register-as", default="sevlm", help="registered model name (sevlm)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        storage = args.storage or str((args.output / "ray").absolute())
+        spec = load_spec(storage, args.name) if args.resume else new_spec(args, storage, say)
+        check_reachable(spec.tracking_uri)
+        outcome = run_search(spec, resume=args.resume, printer=say)
+    except (DataError, LexiconError, TrackingError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(outcome, spec))
+    return 0 if outcome.champion is not None else 1
+
+
+def new_spec(args: argparse.Namespace, storage: str, say):
+    """A new sweep from the command line; the data default is the embedded sample."""
+    if not (args.data or args.csv):
+        args.data = str(cached_sample())
+        say(f"no data given: the embedded sample ({args.data})")
+    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    if sweep_exists(storage, name):
+        raise ValueError(f"a sweep named {name!r} is in {storage}: add --resume to continue "
+                         "it, or choose another --name")  # fmt: skip
+    model, train = load_configs(args.preset, args.config, {})
+    search = load_search_config(args.preset, args.config)
+    overrides = {"num_samples": args.num_samples, "metric": args.metric, "mode": args.mode}
+    search = type(search)(**{**search.to_dict(), **{k: v for k, v in overrides.items() if v}})
+    ensure_ray(say)
+    import ray
+
+    scaling = Scaling(
+        num_workers=args.num_workers,
+        gpus_per_worker=args.gpus_per_worker,
+        max_failures=args.max_failures,
+    )
+    scaling.concurrent_runs = trial_concurrency(
+        ray.cluster_resources(), scaling, args.max_concurrent or search.max_concurrent, say
+    )
+    source: DataSource = source_from_args(args)
+    return make_spec(
+        name,
+        source,
+        model,
+        train,
+        search,
+        scaling,
+        storage=storage,
+        output=args.output,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        register_as=args.register_as,
+        seed=args.seed or 0,
+        prep=UtterancePrep(enabled=not args.no_text_prep),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
