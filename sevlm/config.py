@@ -200,6 +200,8 @@ class SearchConfig:
     """The metric to optimise; None: the train config's ``select_metric``."""
     mode: str | None = None
     """max or min; None: the train config's ``select_mode``."""
+    startup_trials: int | None = None
+    """TPE's random start-up trials; None: half the trials, at most 10 (Optuna's default)."""
     grace_period: int = 1
     """ASHA: validations every trial gets before it may be stopped."""
     reduction_factor: float = 2.0
@@ -210,6 +212,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.num_samples < 1 or (self.max_concurrent is not None and self.max_concurrent < 1):
             raise ValueError("search config: num_samples and max_concurrent must be >= 1")
+        if self.startup_trials is not None and self.startup_trials < 0:
+            raise ValueError("search config: startup_trials must be >= 0")
         if self.mode not in (None, "max", "min"):
             raise ValueError("search config: mode must be max or min")
         if self.grace_period < 1 or self.reduction_factor <= 1:
@@ -217,6 +221,12 @@ class SearchConfig:
         if not self.space:
             raise ValueError("search config: the space is empty")
         self.space = {key: _check_dimension(key, spec) for key, spec in self.space.items()}
+
+    @property
+    def tpe_startup_trials(self) -> int:
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return min(10, max(1, self.num_samples // 2))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

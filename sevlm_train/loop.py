@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -39,7 +40,8 @@ FAIL_AT_STEP = "SEVLM_FAIL_AT_STEP"
 FAIL_MARKER = "SEVLM_FAIL_MARKER"
 """Testing hook: the file that records the fault was injected, so it happens once."""
 TRACE_DIR = "SEVLM_TRACE_DIR"
-"""Testing hook: each worker appends the keys of the images it trains on to a file here."""
+"""Testing hook: each worker appends the keys of the images it trains on to a file here,
+and writes the id of its node."""
 
 
 @dataclass
@@ -218,8 +220,12 @@ def _set_rng(rng: dict[str, Any]) -> None:
 
 
 def _trace_file(rank: int) -> Path | None:
+    """The worker's trace file (and beside it, ``rank<R>.node``: the Ray node it runs on)."""
     folder = os.environ.get(TRACE_DIR)
-    return Path(folder) / f"rank{rank}.tsv" if folder else None
+    if not folder:
+        return None
+    (Path(folder) / f"rank{rank}.node").write_text(ray.get_runtime_context().get_node_id())
+    return Path(folder) / f"rank{rank}.tsv"
 
 
 def _line(kind: str, step: int, metrics: dict) -> str:

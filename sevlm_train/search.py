@@ -32,6 +32,7 @@ from typing import Any
 import pyarrow.fs
 import ray
 import ray.tune
+from optuna.samplers import TPESampler
 from optuna.trial import TrialState
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -397,7 +398,8 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
 
 
 def _new_tuner(spec: SweepSpec, search: SearchConfig, trainable, concurrency: int):
-    searcher = PruningOptunaSearch(seed=spec.seed)
+    sampler = TPESampler(seed=spec.seed, n_startup_trials=search.tpe_startup_trials)
+    searcher = PruningOptunaSearch(sampler=sampler)
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
         max_t=spec.max_t,

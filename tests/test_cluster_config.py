@@ -40,5 +40,7 @@ def test_dashboard_local_only_and_project_installed() -> None:
     head = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in yaml.safe_dump(config)
     assert any("pip install -q -e ~/sevlm" in c for c in config["setup_commands"])
-    assert config["file_mounts"] == {"~/sevlm": "."}
+    assert config["file_mounts"] == {"~/sevlm": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     assert any("/mnt/sevlm" in c for c in config["setup_commands"])  # shared storage

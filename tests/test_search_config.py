@@ -50,6 +50,13 @@ def test_bad_search_spaces_are_clear_errors(space, message):
         SearchConfig(space=space)
 
 
+def test_tpe_starts_learning_within_a_small_sweep():
+    # Optuna's default of 10 random start-up trials would make a 6-trial sweep pure random
+    assert SearchConfig(num_samples=6).tpe_startup_trials == 3
+    assert SearchConfig(num_samples=100).tpe_startup_trials == 10
+    assert SearchConfig(num_samples=100, startup_trials=4).tpe_startup_trials == 4
+
+
 def test_yaml_bounds_written_like_1e_5_are_numbers():
     # YAML 1.1 reads 1e-5 as text; the space takes it as the number it means
     search = SearchConfig(space={"train.lr": {"loguniform": ["1e-5", "1e-3"]}})

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,7 +79,7 @@ def stop_session(process: subprocess.Popen, grace_s: float = 20) -> None:
     process.wait(timeout=10)
 
 
-def test_env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "MLFLOW_"))}
     env.update(PATH=f"{BIN}:{env['PATH']}", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **extra)
     return env
@@ -108,7 +110,7 @@ def child_runs(uri: str, parent_name: str, experiment: str = "sevlm") -> tuple:
     return parent, children
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """A real `mlflow server` with a database backend, on 127.0.0.1."""
     folder = tmp_path_factory.mktemp("mlflow")
@@ -118,7 +120,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
         [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{folder}/mlflow.db",
          "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=test_env(),
+        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env(),
     )  # fmt: skip
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -137,10 +139,14 @@ def _answers(uri: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # not shared: a second Ray on the machine confuses Ray's "auto" address
 def ray_head() -> Iterator[dict]:
-    """A real local head (`ray start --head`, dashboard on 127.0.0.1) for job submission."""
+    """A real local head (`ray start --head`, dashboard on 127.0.0.1) for job submission,
+    with Ray's token authentication on: its own token, given to the CLI by environment."""
     temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # Ray's socket paths must stay short
+    token = Path(temp) / "token"
+    token.write_text(secrets.token_hex(32))
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     dashboard = free_port()
     log = open(Path(temp) / "head.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
@@ -148,31 +154,34 @@ def ray_head() -> Iterator[dict]:
          "--port", str(free_port()), "--dashboard-host", "127.0.0.1",
          "--dashboard-port", str(dashboard), "--ray-client-server-port", str(free_port()),
          "--temp-dir", temp, "--disable-usage-stats"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=test_env(),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=child_env(**auth),
     )  # fmt: skip
-    address = f"http://127.0.0.1:{dashboard}"
+    head = {"address": f"http://127.0.0.1:{dashboard}", "token": token.read_text(), "env": auth}
     try:
-        from ray.job_submission import JobSubmissionClient
-
-        def up():
-            try:
-                return JobSubmissionClient(address).list_jobs() is not None
-            except Exception:
-                return False
-
-        wait_for(up, 120, f"the Ray head's dashboard at {address}")
-        yield {"address": address, "temp": temp}
+        wait_for(lambda: job_api(head, "") is not None, 120, f"the Ray head at {head['address']}")
+        yield head
     finally:
         stop_session(process)
+        log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def job_api(head: dict, path: str):
+    """GET the dashboard's job API with the cluster's token (None: not answering yet)."""
+    request = urllib.request.Request(
+        f"{head['address']}/api/jobs/{path}", headers={"Authorization": f"Bearer {head['token']}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
 
 
 def test_ray_job_submit_sweep_tracked_in_a_mlflow_server(ray_head, mlflow_server, sample, tmp_path):
     """The README's cluster recipe, on one machine: a sweep submitted as a Ray job, tracked
     in a real MLflow server; a trial that fails is recorded and the sweep goes on; the
     champion is registered and loads from the registry."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     config = sweep_config(tmp_path, samples=3)
     env = {
         "HF_HUB_OFFLINE": "1",
@@ -190,16 +199,21 @@ def test_ray_job_submit_sweep_tracked_in_a_mlflow_server(ray_head, mlflow_server
         "--output", str(tmp_path / "runs"), "--max-failures", "0",
     ]  # fmt: skip
     submitted = subprocess.run(
-        [str(c) for c in command], env=test_env(), capture_output=True, text=True, timeout=120
+        [str(c) for c in command],
+        env=child_env(**ray_head["env"]),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    jobs = JobSubmissionClient(ray_head["address"])
-    final = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    status = wait_for(
-        lambda: (s := jobs.get_job_status("sevlm-test-sweep")) in final and s, 600, "the job"
-    )
-    logs = jobs.get_job_logs("sevlm-test-sweep")
-    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+
+    def finished():
+        job = job_api(ray_head, "sevlm-test-sweep")
+        return job and job["status"] in ("SUCCEEDED", "FAILED", "STOPPED") and job["status"]
+
+    status = wait_for(finished, 600, "the job", interval_s=3)
+    logs = job_api(ray_head, "sevlm-test-sweep/logs")["logs"]
+    assert status == "SUCCEEDED", logs[-5000:]
     assert "best trial" in logs and "models:/sevlm@champion" in logs
 
     parent, children = child_runs(mlflow_server, "jobsweep")
@@ -247,7 +261,7 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
             "--config", str(config), "--name", "killed", "--storage", str(tmp_path / "storage"),
             "--output", str(tmp_path / "runs"), "--tracking-uri", uri]  # fmt: skip
-    env = test_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rk", dir="/tmp"))
+    env = child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rk", dir="/tmp"))
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(
             args,
@@ -304,7 +318,7 @@ def test_training_spreads_over_two_nodes(sample, tmp_path):
     temp = tempfile.mkdtemp(prefix="r2", dir="/tmp")
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "_temp_dir": temp, "include_dashboard": False},
+        head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False},
     )
     trace = tmp_path / "trace"
     trace.mkdir()
@@ -322,17 +336,16 @@ def test_training_spreads_over_two_nodes(sample, tmp_path):
             storage=str(tmp_path / "shared"), tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
             data=load_artemis(source), printer=lambda _: None,
         )  # fmt: skip
-        from ray.util.state import list_actors
-
-        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True)
-        assert len({w.node_id for w in workers}) == 2
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     finally:
         os.environ.pop(TRACE_DIR, None)
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
-    assert sorted(p.name for p in trace.iterdir()) == ["rank0.tsv", "rank1.tsv"]
-    checkpoints = list((tmp_path / "shared" / "twonodes").glob("checkpoint_*"))
+    assert sorted(p.name for p in trace.glob("*.tsv")) == ["rank0.tsv", "rank1.tsv"]
+    placed = {(trace / f"rank{r}.node").read_text() for r in (0, 1)}
+    assert placed == nodes  # one worker on each node
+    checkpoints = [p for p in (tmp_path / "shared" / "twonodes").glob("checkpoint_*") if p.is_dir()]
     assert checkpoints and all((c / "model.safetensors").is_file() for c in checkpoints)
     assert outcome.metrics["step"] in (3, 6) and "val/bleu4" in outcome.metrics
     steps = client_for(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(
