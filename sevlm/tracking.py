@@ -77,6 +77,19 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def run_exists(uri: str, experiment: str, run_name: str) -> bool:
+    """Whether the experiment holds a run of this name (its ``sevlm.run_name`` tag)."""
+    client = client_for(uri)
+    found = client.get_experiment_by_name(experiment)
+    return bool(found and runs_named(client, found.experiment_id, run_name))
+
+
+def runs_named(client, experiment_id: str, run_name: str) -> list:
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
+    )
+
+
 def find_or_create_run(
     uri: str,
     experiment: str,
@@ -91,9 +104,7 @@ def find_or_create_run(
     client = client_for(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
-    )
+    runs = runs_named(client, experiment_id, run_name)
     if runs:
         run_id = runs[0].info.run_id
         if runs[0].info.status != "RUNNING":

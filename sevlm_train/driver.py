@@ -249,7 +249,8 @@ def _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id)
     client = client_for(uri)
     client.set_tag(run_id, MODEL_URI_TAG, model_uri)
     for key, value in metrics.items():  # the exported checkpoint's figures
-        client.log_metric(run_id, f"best/{key}", value)
+        if key.startswith("val/") or key == "step":
+            client.log_metric(run_id, f"best/{key}", value)
     for reason, count in pipeline.dropped().items():
         client.log_metric(run_id, f"pipeline/{reason}", count)
     client.set_terminated(run_id, status="FINISHED")

@@ -41,7 +41,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import ModelConfig, SearchConfig, TrainConfig, override_configs
 from sevlm.text import UtterancePrep
-from sevlm.tracking import client_for, find_or_create_run, resolve_tracking_uri
+from sevlm.tracking import client_for, find_or_create_run, resolve_tracking_uri, runs_named
 from sevlm_train.driver import (
     ERROR_TAG,
     MODEL_URI_TAG,
@@ -58,6 +58,8 @@ TRIAL_STATE_TAG = "sevlm.trial_state"
 TRIAL_CPU = 0.05
 """The trial actor only drives a TorchTrainer; its workers hold the real resources."""
 SWEEP_KIND_TAG = "sevlm.kind"
+RUN_STATES = {"FINISHED": "finished", "KILLED": "pruned", "FAILED": "failed"}
+"""A trial's state in the summary, from its MLflow run's status."""
 
 
 @dataclass
@@ -88,17 +90,11 @@ class SweepSpec:
 
     @property
     def metric(self) -> str:
-        return TrainConfig(**self.train).select_metric
+        return self.train["select_metric"]
 
     @property
     def mode(self) -> str:
-        return TrainConfig(**self.train).select_mode
-
-    @property
-    def max_t(self) -> int:
-        """Validations (Tune iterations) of a trial that runs to the end."""
-        train = TrainConfig(**self.train)
-        return math.ceil(train.max_steps / train.val_every)
+        return self.train["select_mode"]
 
     @property
     def trials_storage(self) -> str:
@@ -168,6 +164,9 @@ def load_spec(storage: str, name: str | None) -> SweepSpec:
         ]
         if not found:
             raise ValueError(f"--resume: no sweep to resume in {storage}")
+        if len(found) > 1 and any(info.mtime_ns is None for info in found):
+            raise ValueError(f"--resume: {storage} cannot tell which sweep is newest (object "
+                             "stores keep no folder times); give --name")  # fmt: skip
         name = max(found, key=lambda info: info.mtime_ns or 0).base_name
     path = f"{root}/{name}/{SPEC_FILE}"
     if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
@@ -211,6 +210,15 @@ class PruningOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
+class FinishingASHA(ASHAScheduler):
+    """ASHA that lets a trial's last report through: stopping a trial there (a rung can sit
+    at ``max_t``) would kill it before it exports and logs its model."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return self.CONTINUE if result.get("final") else decision
+
+
 def trial_concurrency(
     resources: dict[str, float], scaling: Scaling, requested: int | None, printer: Printer
 ) -> int:
@@ -219,10 +227,9 @@ def trial_concurrency(
     lowered, with a warning: the extra trials would wait on worker-group start forever."""
     gpus, cpus = resources.get("GPU", 0), resources.get("CPU", 1)
     if scaling.use_gpu is not False and gpus > 0:
-        per_trial = (
-            scaling.num_workers or gpus / scaling.gpus_per_worker
-        ) * scaling.gpus_per_worker
-        fits = max(1, math.floor(gpus / per_trial))
+        workers = scaling.num_workers or gpus / scaling.gpus_per_worker
+        fits = max(1, math.floor(gpus / (workers * scaling.gpus_per_worker)))
+        fits = min(fits, max(1, math.floor(cpus / (workers + TRIAL_CPU))))  # 1 CPU per worker
     else:
         fits = max(1, math.floor(cpus / (scaling.num_workers or 1)))
     if requested is not None and requested > fits:
@@ -284,34 +291,57 @@ class TrialRecorder(ray.tune.Callback):
         self.spec = spec
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        if trial.last_result.get("final"):  # it ran to its end
-            return
-        iterations = trial.last_result.get("training_iteration", 0)
+        self._guarded(self._complete, trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._guarded(self._error, trial)
+
+    def _guarded(self, record, trial) -> None:
+        try:
+            record(trial)
+        except Exception as e:  # a tracking hiccup must not end the sweep
+            print(f"warning: could not record trial {trial.trial_id} in MLflow: {e}")
+
+    def _complete(self, trial) -> None:
         run_id = self._run(trial)
         client = client_for(self.spec.tracking_uri)
-        client.set_tag(run_id, TRIAL_STATE_TAG, f"pruned by ASHA after {iterations} validations")
-        if ERROR_TAG in client.get_run(run_id).data.tags:  # the stopped trial's own last word
+        run = client.get_run(run_id)
+        if trial.last_result.get("final"):  # it ran to its end: it exported its model
+            if TRIAL_STATE_TAG in run.data.tags:  # "interrupted" before a --resume
+                client.delete_tag(run_id, TRIAL_STATE_TAG)
+            if MODEL_URI_TAG not in run.data.tags and run.info.status == "RUNNING":
+                mark_failed(self.spec.tracking_uri, run_id, "ended without exporting a model")
+            return
+        steps = trial.last_result.get("step", 0)
+        client.set_tag(run_id, TRIAL_STATE_TAG, f"pruned by ASHA at step {steps}")
+        if ERROR_TAG in run.data.tags:  # the stopped trial's own last word
             client.delete_tag(run_id, ERROR_TAG)
         client.set_terminated(run_id, status="KILLED")
 
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        error = "the trial failed"
+    def _error(self, trial) -> None:
+        lines = []
         if trial.error_file and Path(trial.error_file).is_file():
-            error = Path(trial.error_file).read_text().strip().splitlines()[-1]
+            lines = Path(trial.error_file).read_text().strip().splitlines()
         run_id = self._run(trial)
         client = client_for(self.spec.tracking_uri)
         client.set_tag(run_id, TRIAL_STATE_TAG, "failed")
         if ERROR_TAG in client.get_run(run_id).data.tags:  # the trial said what went wrong
             client.set_terminated(run_id, status="FAILED")
         else:
-            mark_failed(self.spec.tracking_uri, run_id, error)
+            mark_failed(self.spec.tracking_uri, run_id, lines[-1] if lines else "the trial failed")
 
     def _run(self, trial) -> str:
-        """The trial's run (created here when the trial died before it made one)."""
+        """The trial's run, as it is (created here when the trial died before it made one)."""
+        name = trial_run_name(self.spec.name, trial.trial_id)
+        client = client_for(self.spec.tracking_uri)
+        experiment = client.get_experiment_by_name(self.spec.experiment)
+        found = runs_named(client, experiment.experiment_id, name) if experiment else []
+        if found:  # not find_or_create_run: that would reopen a finished run
+            return found[0].info.run_id
         run_id, _ = find_or_create_run(
             self.spec.tracking_uri,
             self.spec.experiment,
-            trial_run_name(self.spec.name, trial.trial_id),
+            name,
             {"trial": trial.config},
             parent_run(self.spec),
         )
@@ -328,7 +358,7 @@ class TrialRow:
     trial_id: str
     params: dict[str, Any]
     state: str
-    iterations: int
+    steps: int
     final: float | None
     best: float | None
     run_id: str | None
@@ -343,6 +373,8 @@ class SweepOutcome:
     champion: TrialRow | None
     registered: str | None
     elapsed_s: float
+    complete: bool = True
+    """False when the sweep was interrupted (Ctrl-C, SIGTERM): resume it with --resume."""
 
 
 def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = print) -> SweepOutcome:
@@ -366,7 +398,6 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
     if created[0]:
         client.set_tag(parent, SWEEP_KIND_TAG, "sweep")
         client.log_dict(parent, data.report.to_dict(), "data_report.json")
-    client.update_run(parent, status="RUNNING")
     printer(f"sweep {spec.name}: MLflow run {parent} at {spec.tracking_uri}")
 
     scaling = Scaling(**spec.scaling)
@@ -386,7 +417,16 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
             tuner = _new_tuner(spec, search, trainable, scaling.concurrent_runs)
         grid = tuner.fit()
         rows = _rows(spec, grid)
-        champion, registered = _choose_and_register(spec, rows, parent, printer)
+        if grid.num_terminated + grid.num_errors < len(grid):  # Tune returns on Ctrl-C
+            for row in rows:  # the interrupted trials: --resume reopens their runs
+                if row.state == "unfinished" and row.run_id:
+                    client.set_tag(row.run_id, TRIAL_STATE_TAG, "interrupted")
+                    client.set_terminated(row.run_id, status="KILLED")
+            client.set_terminated(parent, status="KILLED")
+            printer(f"sweep {spec.name} interrupted: continue it with --resume --name {spec.name}")
+            elapsed = time.perf_counter() - started
+            return SweepOutcome(spec.name, parent, rows, None, None, elapsed, complete=False)
+        champion, registered = _choose_and_register(spec, rows, printer)
         _log_sweep(spec, search, parent, rows, champion, registered, printer)
     except BaseException as e:
         mark_failed(spec.tracking_uri, parent, e)
@@ -400,10 +440,13 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
 def _new_tuner(spec: SweepSpec, search: SearchConfig, trainable, concurrency: int):
     sampler = TPESampler(seed=spec.seed, n_startup_trials=search.tpe_startup_trials)
     searcher = PruningOptunaSearch(sampler=sampler)
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=spec.max_t,
-        grace_period=min(search.grace_period, spec.max_t),
+    train = spec.configs[1]
+    # Steps, not Tune's iterations: a trial restarted by --resume counts its iterations
+    # from 1 again, but continues its steps where its checkpoint left them.
+    scheduler = FinishingASHA(
+        time_attr="step",
+        max_t=train.max_steps,
+        grace_period=min(search.grace_period * train.val_every, train.max_steps),
         reduction_factor=search.reduction_factor,
         stop_last_trials=False,  # a trial that reaches max_t ends itself, after its export
     )
@@ -435,17 +478,12 @@ def _rows(spec: SweepSpec, grid) -> list[TrialRow]:
     rows = []
     for result in grid:
         trial_id = result.metrics["trial_id"]  # Tune fills it in even before a first report
-        runs = client.search_runs(
-            [experiment.experiment_id],
-            filter_string=f"tags.`sevlm.run_name` = '{trial_run_name(spec.name, trial_id)}'",
-            max_results=1,
-        )
+        runs = runs_named(client, experiment.experiment_id, trial_run_name(spec.name, trial_id))
         run = runs[0] if runs else None
         history = result.metrics_dataframe
         final = (result.metrics or {}).get(spec.metric)
-        state = "failed" if result.error else "finished"
-        if run is not None and run.data.tags.get(TRIAL_STATE_TAG, "").startswith("pruned"):
-            state = "pruned"
+        status = run.info.status if run else None
+        state = "failed" if result.error else RUN_STATES.get(status, "unfinished")
         best = run.data.metrics.get(f"best/{spec.metric}") if run else None
         if best is None and history is not None and spec.metric in history:
             scores = history[spec.metric].dropna()
@@ -459,7 +497,7 @@ def _rows(spec: SweepSpec, grid) -> list[TrialRow]:
                 trial_id=trial_id,
                 params={k: (result.config or {}).get(k) for k in spec.search_config.space},
                 state=state,
-                iterations=int((result.metrics or {}).get("training_iteration", 0)),
+                steps=int((result.metrics or {}).get("step", 0)),
                 final=final,
                 best=best,
                 run_id=run.info.run_id if run else None,
@@ -469,7 +507,7 @@ def _rows(spec: SweepSpec, grid) -> list[TrialRow]:
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-def _choose_and_register(spec: SweepSpec, rows, parent: str, printer: Printer):
+def _choose_and_register(spec: SweepSpec, rows, printer: Printer):
     """The best finished trial with a model, registered as ``register_as@champion``."""
     finished = [r for r in rows if r.model_uri and r.best is not None]
     if not finished:
@@ -514,8 +552,8 @@ def _log_sweep(spec, search, parent, rows, champion, registered, printer: Printe
         client.set_tag(parent, "sevlm.best_trial", champion.trial_id)
         client.set_tag(parent, "sevlm.best_run_id", champion.run_id)
         client.set_tag(parent, "sevlm.registered_model", registered)
-        for key, value in champion.params.items():
-            client.log_param(parent, f"best.{key}", value)
+        for key, value in champion.params.items():  # tags: a resumed sweep may change them
+            client.set_tag(parent, f"sevlm.best.{key}", value)
     with tempfile.TemporaryDirectory() as folder:
         for problem in optuna_plots(rows, search, spec.mode, Path(folder)):
             printer(f"warning: {problem}")
@@ -530,22 +568,10 @@ def optuna_plots(rows: list[TrialRow], search: SearchConfig, mode: str, folder: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
     from optuna.visualization import matplotlib as plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    distributions = {}
-    for key, spec in search.space.items():
-        ((kind, args),) = spec.items()
-        distributions[key] = (
-            CategoricalDistribution(args) if kind == "choice"
-            else IntDistribution(args[0], args[1] - 1) if kind == "randint"
-            else FloatDistribution(*args, log=kind == "loguniform")
-        )  # fmt: skip
+    distributions = OptunaSearch.convert_search_space(tune_space(search))
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for row in rows:
         if any(row.params.get(key) is None for key in distributions):
@@ -585,11 +611,11 @@ def optuna_plots(rows: list[TrialRow], search: SearchConfig, mode: str, folder: 
 def format_summary(outcome: SweepOutcome, spec: SweepSpec) -> str:
     """The trial table, the champion, and how to look at both."""
     keys = list(spec.search_config.space)
-    header = ["trial", "state", "iters", *keys, f"final {spec.metric}", "best"]
+    header = ["trial", "state", "steps", *keys, f"final {spec.metric}", "best"]
     lines = [header]
     for r in outcome.rows:
         lines.append(
-            [r.trial_id, r.state, str(r.iterations), *(_fmt(r.params.get(k)) for k in keys),
+            [r.trial_id, r.state, str(r.steps), *(_fmt(r.params.get(k)) for k in keys),
              _fmt(r.final), _fmt(r.best)]
         )  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -607,11 +633,13 @@ def format_summary(outcome: SweepOutcome, spec: SweepSpec) -> str:
                    f"({', '.join(f'{k}={_fmt(v)}' for k, v in c.params.items())})")  # fmt: skip
         copy = Path(spec.output) / spec.name / "trials" / c.trial_id / "model"
         out.append(f"best model: {outcome.registered} ({c.model_uri}), a copy in {copy}")
-    out += [
-        "",
-        "look at the trials:",
-        f"  mlflow ui --backend-store-uri {spec.tracking_uri} --host 127.0.0.1 --port 5000",
-    ]
+    uri = spec.tracking_uri
+    ui = (
+        f"open {uri}"
+        if uri.startswith("http")
+        else f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    )
+    out += ["", "look at the trials:", f"  {ui}"]
     if outcome.registered:
         out += [
             "use the best model:",

@@ -13,8 +13,11 @@ from sevlm.sample import cached_sample
 from sevlm.text import UtterancePrep
 
 pytest.importorskip("ray")
+from ray.tune.schedulers import ASHAScheduler
+
 from sevlm_train.driver import Scaling
 from sevlm_train.search import (
+    FinishingASHA,
     PruningOptunaSearch,
     TrialRow,
     load_spec,
@@ -105,6 +108,9 @@ def test_concurrency_follows_the_cluster():
     # asking for more than fits would leave trials waiting for GPUs that never free up
     assert trial_concurrency(gpu, Scaling(num_workers=4), 5, said.append) == 2
     assert "more than the cluster holds" in said[0]
+    # GPU trials take a whole CPU per worker: 8 GPUs but 4 CPUs hold 3 one-worker trials
+    fits = trial_concurrency({"CPU": 4, "GPU": 8}, Scaling(num_workers=1), None, said.append)
+    assert fits == 3
     assert trial_concurrency({"CPU": 2}, Scaling(), None, said.append) == 2
     assert trial_concurrency({"CPU": 2}, Scaling(num_workers=2), None, said.append) == 1
 
@@ -130,7 +136,7 @@ def spec_for(tmp_path: Path, name: str = "s1", **search):
 
 def test_spec_applies_trial_settings_and_the_metric(tmp_path, sample):
     spec = spec_for(Path(sample.out), metric="val/emotion_accuracy", mode="max")
-    assert spec.train["max_steps"] == 90 and spec.max_t == 5  # 20, 40, 60, 80, 90
+    assert spec.train["max_steps"] == 90 and spec.train["val_every"] == 20
     # trials keep the checkpoint that is best by the metric the search optimises
     assert spec.train["select_metric"] == "val/emotion_accuracy"
     assert spec.metric == "val/emotion_accuracy" and spec.mode == "max"
@@ -146,12 +152,12 @@ def test_spec_round_trips_and_resume_finds_the_newest(tmp_path, sample):
     second = spec_for(Path(sample.out), name="second")
     second.storage = first.storage
     save_spec(second)
-    later = time.time() + 5
-    os.utime(Path(first.storage) / "second", (later, later))
+    later = time.time() + 5  # "first" is the newest: found by time, not by name or order
+    os.utime(Path(first.storage) / "first", (later, later))
+    assert load_spec(first.storage, None).name == "first"
     loaded = load_spec(first.storage, "first")
     assert loaded.configs == first.configs and loaded.search_config == first.search_config
     assert (loaded.name, loaded.source, loaded.seed) == ("first", first.source, 3)
-    assert load_spec(first.storage, None).name == "second"
     with pytest.raises(ValueError, match="no sweep named 'third'"):
         load_spec(first.storage, "third")
     with pytest.raises(ValueError, match="no sweep to resume"):
@@ -177,7 +183,41 @@ def test_asha_stopped_trials_are_pruned_for_optuna():
 
 
 def row(trial_id, state, final, **params):
-    return TrialRow(trial_id, params, state, 2, final, final, None, None)
+    return TrialRow(trial_id, params, state, 80, final, final, None, None)
+
+
+class FakeTrial:
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def test_asha_prunes_at_its_rungs_but_never_at_a_trials_last_report():
+    asha = FinishingASHA(
+        time_attr="step", metric="val/lm_loss", mode="min", max_t=120, grace_period=40,
+        reduction_factor=3, stop_last_trials=False,
+    )  # fmt: skip
+    trials = [FakeTrial(f"t{i}") for i in range(4)]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+    report = lambda trial, step, loss, final=0.0: asha.on_trial_result(  # noqa: E731
+        None, trial, {"step": step, "val/lm_loss": loss, "final": final}
+    )
+    assert report(trials[0], 40, 2.0) == asha.CONTINUE
+    assert report(trials[1], 40, 3.0) == asha.STOP  # worse at the first rung: pruned
+    assert report(trials[0], 120, 1.0, final=1.0) == asha.CONTINUE
+    # a rung sits at 120 = max_t: plain ASHA would stop this worse trial at its last report,
+    # killing it before it exports its model; here it may finish
+    assert report(trials[2], 40, 1.5) == asha.CONTINUE
+    assert report(trials[2], 120, 1.8, final=1.0) == asha.CONTINUE
+    plain = ASHAScheduler(
+        time_attr="step", metric="val/lm_loss", mode="min", max_t=120, grace_period=40,
+        reduction_factor=3, stop_last_trials=False,
+    )  # fmt: skip
+    for trial in trials[:3]:
+        plain.on_trial_add(None, trial)
+    for trial, step, loss in ((trials[0], 40, 2.0), (trials[0], 120, 1.0), (trials[2], 40, 1.5)):
+        plain.on_trial_result(None, trial, {"step": step, "val/lm_loss": loss})
+    assert plain.on_trial_result(None, trials[2], {"step": 120, "val/lm_loss": 1.8}) == plain.STOP
 
 
 def test_optuna_plots_are_drawn_from_the_trials(tmp_path):
@@ -209,3 +249,37 @@ def test_the_sample_is_written_once_into_the_cache(tmp_path):
     assert cached_sample(tmp_path) == first
     assert (first / "artemis_dataset_release_v0.csv").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no staging left behind
+
+
+def search_cli():
+    """tune/search.py is a script, not a package module: load it by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tune" / "search.py"
+    spec = importlib.util.spec_from_file_location("tune_search", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_search_cli_refuses_to_reuse_a_sweep_name_without_resume(tmp_path, sample, capsys):
+    spec = spec_for(Path(sample.out), name="taken")
+    spec.storage = str(tmp_path / "storage")
+    save_spec(spec)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["--data", str(sample.out), "--storage", spec.storage, "--tracking-uri", uri]
+    assert search_cli().main([*argv, "--name", "taken"]) == 2
+    assert "a sweep named 'taken' is in" in capsys.readouterr().err
+    for bad, message in (
+        (["--name", "a'b"], "--name: letters"),
+        (["--gpus-per-worker", "0"], "--gpus-per-worker must be > 0"),
+        (["--num-samples", "0"], "--num-samples must be >= 1"),
+        (["--max-concurrent", "-1"], "--max-concurrent must be >= 1"),
+    ):
+        assert search_cli().main([*argv, *bad]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_search_cli_resume_without_a_sweep_is_a_clear_error(tmp_path, capsys):
+    assert search_cli().main(["--resume", "--storage", str(tmp_path / "none")]) == 2
+    assert "no sweep to resume" in capsys.readouterr().err

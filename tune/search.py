@@ -12,6 +12,10 @@ See the README ("The search") for every option.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import secrets
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +27,13 @@ from sevlm.config import load_configs, load_search_config
 from sevlm.lexicon import LexiconError
 from sevlm.sample import cached_sample
 from sevlm.text import UtterancePrep
-from sevlm.tracking import DEFAULT_EXPERIMENT, TrackingError, check_reachable
+from sevlm.tracking import (
+    DEFAULT_EXPERIMENT,
+    TrackingError,
+    check_reachable,
+    resolve_tracking_uri,
+    run_exists,
+)
 from sevlm_train.driver import Scaling, ensure_ray
 from sevlm_train.search import (
     format_summary,
@@ -33,6 +43,8 @@ from sevlm_train.search import (
     sweep_exists,
     trial_concurrency,
 )
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    # `ray job stop` and schedulers send SIGTERM: let Tune stop as on Ctrl-C, saving its state
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        storage = args.storage or str((args.output / "ray").absolute())
+        check_args(args)
+        storage = args.storage or str(args.output / "ray")
+        storage = storage if "://" in storage else str(Path(storage).absolute())
         spec = load_spec(storage, args.name) if args.resume else new_spec(args, storage, say)
         check_reachable(spec.tracking_uri)
         outcome = run_search(spec, resume=args.resume, printer=say)
@@ -80,7 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(outcome, spec))
+    if not outcome.complete:
+        return 130
     return 0 if outcome.champion is not None else 1
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Numbers and names that would otherwise fail deep inside Ray or MLflow."""
+    checks = [
+        (args.num_samples is None or args.num_samples >= 1, "--num-samples must be >= 1"),
+        (args.max_concurrent is None or args.max_concurrent >= 1, "--max-concurrent must be >= 1"),
+        (args.num_workers is None or args.num_workers >= 1, "--num-workers must be >= 1"),
+        (args.gpus_per_worker > 0, "--gpus-per-worker must be > 0"),
+        (args.max_failures >= 0, "--max-failures must be >= 0"),
+        (args.name is None or NAME.fullmatch(args.name), "--name: letters, digits, . _ - only"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def new_spec(args: argparse.Namespace, storage: str, say):
@@ -88,14 +121,17 @@ def new_spec(args: argparse.Namespace, storage: str, say):
     if not (args.data or args.csv):
         args.data = str(cached_sample())
         say(f"no data given: the embedded sample ({args.data})")
-    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    if sweep_exists(storage, name):
-        raise ValueError(f"a sweep named {name!r} is in {storage}: add --resume to continue "
-                         "it, or choose another --name")  # fmt: skip
+    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(tracking_uri)
+    if sweep_exists(storage, name) or run_exists(tracking_uri, args.experiment, name):
+        raise ValueError(f"a sweep named {name!r} is in {storage} or in MLflow: add --resume "
+                         "to continue it, or choose another --name")  # fmt: skip
     model, train = load_configs(args.preset, args.config, {})
     search = load_search_config(args.preset, args.config)
     overrides = {"num_samples": args.num_samples, "metric": args.metric, "mode": args.mode}
-    search = type(search)(**{**search.to_dict(), **{k: v for k, v in overrides.items() if v}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    search = type(search)(**{**search.to_dict(), **given})
     ensure_ray(say)
     import ray
 
@@ -117,7 +153,7 @@ def new_spec(args: argparse.Namespace, storage: str, say):
         scaling,
         storage=storage,
         output=args.output,
-        tracking_uri=args.tracking_uri,
+        tracking_uri=tracking_uri,
         experiment=args.experiment,
         register_as=args.register_as,
         seed=args.seed or 0,
