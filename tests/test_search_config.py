@@ -16,17 +16,9 @@ pytest.importorskip("ray")
 from ray.tune.schedulers import ASHAScheduler
 
 from sevlm_train.driver import Scaling
-from sevlm_train.search import (
-    FinishingASHA,
-    PruningOptunaSearch,
-    TrialRow,
-    load_spec,
-    make_spec,
-    optuna_plots,
-    save_spec,
-    trial_concurrency,
-    tune_space,
-)
+from sevlm_train.search import FinishingASHA, PruningOptunaSearch, trial_concurrency
+from sevlm_train.sweep_record import TrialRow, optuna_plots
+from sevlm_train.sweep_spec import load_spec, make_spec, save_spec, tune_space
 
 
 def test_default_space_is_the_papers_three_knobs():

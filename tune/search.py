@@ -35,14 +35,9 @@ from sevlm.tracking import (
     run_exists,
 )
 from sevlm_train.driver import Scaling, ensure_ray
-from sevlm_train.search import (
-    format_summary,
-    load_spec,
-    make_spec,
-    run_search,
-    sweep_exists,
-    trial_concurrency,
-)
+from sevlm_train.search import run_search, trial_concurrency
+from sevlm_train.sweep_record import format_summary
+from sevlm_train.sweep_spec import load_spec, make_spec, sweep_exists
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 

@@ -1,0 +1,174 @@
+"""A sweep's settings, saved beside Tune's state, and the names that tie a sweep together:
+its storage folder, its MLflow parent run and each trial's run name.
+
+``--resume`` needs nothing but the storage path (and, for object stores, the name): the spec
+brings back the data, configs, search space, resources and tracking store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import ray.tune
+
+from sevlm.artemis import DataSource
+from sevlm.config import ModelConfig, SearchConfig, TrainConfig, override_configs
+from sevlm.text import UtterancePrep
+from sevlm.tracking import find_or_create_run, resolve_tracking_uri
+from sevlm_train.driver import Scaling
+
+SPEC_FILE = "sevlm_sweep.json"
+
+
+@dataclass
+class SweepSpec:
+    """Everything a sweep needs, saved with it so that ``--resume`` rebuilds the same sweep."""
+
+    name: str
+    source: dict[str, Any]
+    model: dict[str, Any]
+    train: dict[str, Any]
+    search: dict[str, Any]
+    scaling: dict[str, Any]
+    storage: str
+    output: str
+    tracking_uri: str
+    experiment: str
+    register_as: str
+    seed: int = 0
+    prep: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def search_config(self) -> SearchConfig:
+        return SearchConfig(**self.search)
+
+    @property
+    def configs(self) -> tuple[ModelConfig, TrainConfig]:
+        return ModelConfig.from_dict(self.model), TrainConfig(**self.train)
+
+    @property
+    def metric(self) -> str:
+        return self.train["select_metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.train["select_mode"]
+
+    @property
+    def trials_storage(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}-trials"
+
+
+def make_spec(
+    name: str,
+    source: DataSource,
+    model: ModelConfig,
+    train: TrainConfig,
+    search: SearchConfig,
+    scaling: Scaling,
+    *,
+    storage: str,
+    output: Path,
+    tracking_uri: str | None,
+    experiment: str,
+    register_as: str,
+    seed: int,
+    prep: UtterancePrep,
+) -> SweepSpec:
+    """A new sweep's spec: trials use ``search.trial`` settings and select by the metric."""
+    model, train = override_configs(model, train, search.trial)
+    metric, mode = search.metric or train.select_metric, search.mode or train.select_mode
+    model, train = override_configs(model, train, {"select_metric": metric, "select_mode": mode})
+    return SweepSpec(
+        name=name,
+        source=source.describe(),
+        model=model.to_dict(),
+        train=train.to_dict(),
+        search=search.to_dict(),
+        scaling=dataclasses.asdict(scaling),
+        storage=storage if "://" in storage else str(Path(storage).absolute()),
+        output=str(Path(output).absolute()),
+        tracking_uri=resolve_tracking_uri(tracking_uri),
+        experiment=experiment,
+        register_as=register_as,
+        seed=seed,
+        prep=dataclasses.asdict(prep),
+    )
+
+
+# ---- the sweep's folder in storage (local, NFS or s3://) ----
+
+
+def _fs(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    return pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage)))
+
+
+def save_spec(spec: SweepSpec) -> None:
+    fs, root = _fs(spec.storage)
+    fs.create_dir(f"{root}/{spec.name}", recursive=True)
+    with fs.open_output_stream(f"{root}/{spec.name}/{SPEC_FILE}") as f:
+        f.write(json.dumps(dataclasses.asdict(spec), indent=2).encode())
+
+
+def load_spec(storage: str, name: str | None) -> SweepSpec:
+    """A saved sweep's spec: the one named, else the newest sweep in ``storage``."""
+    fs, root = _fs(storage)
+    if name is None:
+        found = [
+            info
+            for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+            if info.type == pyarrow.fs.FileType.Directory
+            and fs.get_file_info(f"{info.path}/{SPEC_FILE}").type == pyarrow.fs.FileType.File
+        ]
+        if not found:
+            raise ValueError(f"--resume: no sweep to resume in {storage}")
+        if len(found) > 1 and any(info.mtime_ns is None for info in found):
+            raise ValueError(f"--resume: {storage} cannot tell which sweep is newest (object "
+                             "stores keep no folder times); give --name")  # fmt: skip
+        name = max(found, key=lambda info: info.mtime_ns or 0).base_name
+    path = f"{root}/{name}/{SPEC_FILE}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        raise ValueError(f"--resume: no sweep named {name!r} in {storage}")
+    with fs.open_input_stream(path) as f:
+        return SweepSpec(**json.loads(f.read()))
+
+
+def sweep_exists(storage: str, name: str) -> bool:
+    fs, root = _fs(storage)
+    return fs.get_file_info(f"{root}/{name}").type != pyarrow.fs.FileType.NotFound
+
+
+def trial_run_name(sweep: str, trial_id: str) -> str:
+    return f"{sweep}-{trial_id}"
+
+
+def parent_run(spec: SweepSpec, created: list[bool] | None = None) -> str:
+    """The sweep's MLflow run (found by name, or created with the search's settings)."""
+    params = {
+        "search": {**spec.search, "searcher": "optuna.TPE", "scheduler": "ASHA", "seed": spec.seed},
+        "model": spec.model,
+        "train": spec.train,
+        "data": spec.source,
+    }
+    run_id, new = find_or_create_run(spec.tracking_uri, spec.experiment, spec.name, params)
+    if created is not None:
+        created.append(new)
+    return run_id
+
+
+def tune_space(search: SearchConfig) -> dict[str, Any]:
+    """The config's space as Tune distributions."""
+    make = {
+        "uniform": ray.tune.uniform,
+        "loguniform": ray.tune.loguniform,
+        "randint": ray.tune.randint,
+        "choice": lambda *values: ray.tune.choice(list(values)),
+    }
+    return {
+        key: make[kind](*args) for key, spec in search.space.items() for kind, args in spec.items()
+    }
