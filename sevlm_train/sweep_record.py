@@ -126,11 +126,12 @@ def trial_rows(spec: SweepSpec, grid) -> list[TrialRow]:
     """Each trial's figures, from Tune's results and the trial's MLflow run."""
     client = client_for(spec.tracking_uri)
     experiment = client.get_experiment_by_name(spec.experiment)
-    rows = []
+    rows, started = [], {}
     for result in grid:
         trial_id = result.metrics["trial_id"]  # Tune fills it in even before a first report
         runs = runs_named(client, experiment.experiment_id, trial_run_name(spec.name, trial_id))
         run = runs[0] if runs else None
+        started[trial_id] = run.info.start_time if run else float("inf")
         history = result.metrics_dataframe
         final = (result.metrics or {}).get(spec.metric)
         status = run.info.status if run else None
@@ -155,7 +156,7 @@ def trial_rows(spec: SweepSpec, grid) -> list[TrialRow]:
                 model_uri=run.data.tags.get(MODEL_URI_TAG) if run and state == "finished" else None,
             )
         )
-    return sorted(rows, key=lambda r: r.trial_id)
+    return sorted(rows, key=lambda r: (started[r.trial_id], r.trial_id))  # in the order run
 
 
 def choose_and_register(spec: SweepSpec, rows, printer: Printer):
