@@ -77,17 +77,18 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def run_exists(uri: str, experiment: str, run_name: str) -> bool:
-    """Whether the experiment holds a run of this name (its ``sevlm.run_name`` tag)."""
+def find_run(uri: str, experiment: str, run_name: str):
+    """The run of this name (its ``sevlm.run_name`` tag) in the experiment, as it is, or None."""
     client = client_for(uri)
     found = client.get_experiment_by_name(experiment)
-    return bool(found and runs_named(client, found.experiment_id, run_name))
+    return _run_named(client, found.experiment_id, run_name) if found else None
 
 
-def runs_named(client, experiment_id: str, run_name: str) -> list:
-    return client.search_runs(
+def _run_named(client, experiment_id: str, run_name: str):
+    runs = client.search_runs(
         [experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1
     )
+    return runs[0] if runs else None
 
 
 def find_or_create_run(
@@ -104,12 +105,11 @@ def find_or_create_run(
     client = client_for(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
-    runs = runs_named(client, experiment_id, run_name)
-    if runs:
-        run_id = runs[0].info.run_id
-        if runs[0].info.status != "RUNNING":
-            client.update_run(run_id, status="RUNNING")
-        return run_id, False
+    run = _run_named(client, experiment_id, run_name)
+    if run is not None:
+        if run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, False
     tags = {RUN_NAME_TAG: run_name}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from sevlm.config import SearchConfig
-from sevlm.tracking import client_for, find_or_create_run, runs_named
+from sevlm.tracking import client_for, find_or_create_run, find_run
 from sevlm_train.driver import (
     ERROR_TAG,
     MODEL_URI_TAG,
@@ -81,11 +81,9 @@ class TrialRecorder(ray.tune.Callback):
     def _run(self, trial) -> str:
         """The trial's run, as it is (created here when the trial died before it made one)."""
         name = trial_run_name(self.spec.name, trial.trial_id)
-        client = client_for(self.spec.tracking_uri)
-        experiment = client.get_experiment_by_name(self.spec.experiment)
-        found = runs_named(client, experiment.experiment_id, name) if experiment else []
-        if found:  # not find_or_create_run: that would reopen a finished run
-            return found[0].info.run_id
+        found = find_run(self.spec.tracking_uri, self.spec.experiment, name)
+        if found is not None:  # not find_or_create_run: that would reopen a finished run
+            return found.info.run_id
         run_id, _ = find_or_create_run(
             self.spec.tracking_uri,
             self.spec.experiment,
@@ -124,13 +122,10 @@ class SweepOutcome:
 
 def trial_rows(spec: SweepSpec, grid) -> list[TrialRow]:
     """Each trial's figures, from Tune's results and the trial's MLflow run."""
-    client = client_for(spec.tracking_uri)
-    experiment = client.get_experiment_by_name(spec.experiment)
     rows, started = [], {}
     for result in grid:
         trial_id = result.metrics["trial_id"]  # Tune fills it in even before a first report
-        runs = runs_named(client, experiment.experiment_id, trial_run_name(spec.name, trial_id))
-        run = runs[0] if runs else None
+        run = find_run(spec.tracking_uri, spec.experiment, trial_run_name(spec.name, trial_id))
         started[trial_id] = run.info.start_time if run else float("inf")
         history = result.metrics_dataframe
         final = (result.metrics or {}).get(spec.metric)

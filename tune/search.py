@@ -31,8 +31,8 @@ from sevlm.tracking import (
     DEFAULT_EXPERIMENT,
     TrackingError,
     check_reachable,
+    find_run,
     resolve_tracking_uri,
-    run_exists,
 )
 from sevlm_train.driver import Scaling, ensure_ray
 from sevlm_train.search import run_search, trial_concurrency
@@ -119,7 +119,7 @@ def new_spec(args: argparse.Namespace, storage: str, say):
     name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(tracking_uri)
-    if sweep_exists(storage, name) or run_exists(tracking_uri, args.experiment, name):
+    if sweep_exists(storage, name) or find_run(tracking_uri, args.experiment, name) is not None:
         raise ValueError(f"a sweep named {name!r} is in {storage} or in MLflow: add --resume "
                          "to continue it, or choose another --name")  # fmt: skip
     model, train = load_configs(args.preset, args.config, {})
