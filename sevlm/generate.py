@@ -1,4 +1,4 @@
-"""Explanations from images: batched greedy decoding, KV-cached by default.
+"""Explanations from images: batched greedy decoding or beam search, KV-cached by default.
 
 Every image starts from the same prompt, ``<bos> the emotion is``, so a batch stays aligned
 and needs no padding. The segment switches to the explanation when `` because`` is produced.
@@ -6,6 +6,11 @@ Each new token's VAD is its word's, looked up on the text written so far, so it 
 tokens up to that position only: the cached path (each layer's keys and values, and the VAD
 encoder's, extended one token at a time) and the uncached path (the whole prefix re-run at
 every step, as the released code does) see the same inputs and give the same tokens.
+
+Greedy decoding (``beams=1``) writes one text per image. Beam search keeps several texts per
+image, each with its own segment and VAD; after every step the texts, with their caches or
+inputs, are re-indexed to follow the hypotheses kept. :meth:`Decoder.beam_search` says how
+hypotheses are scored and when an image's search stops.
 """
 
 from __future__ import annotations
@@ -20,13 +25,23 @@ from transformers import PreTrainedTokenizerBase
 
 from sevlm.emotions import EMOTIONS, normalize_emotion
 from sevlm.lexicon import VADLexicon
-from sevlm.model import SEVLM, DecoderState
+from sevlm.model import KV, SEVLM, DecoderState
 from sevlm.sequences import BECAUSE, SequenceBuilder
 
 MAX_NEW_TOKENS = 25
 _LAST_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*$")
 _EMOTION_WORDS = re.compile(r"\b(" + "|".join(sorted(EMOTIONS, key=len, reverse=True)) + r")\b")
 """The first of the nine emotions named as whole words (``awesome`` does not name awe)."""
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A text written for one image and how likely the model finds it."""
+
+    tokens: list[int]
+    """Token ids after the prompt, ``<eos>`` included when the text ended."""
+    score: float
+    """The mean log-probability of those tokens (0 for none)."""
 
 
 @dataclass
@@ -44,7 +59,7 @@ class Explanation:
 
 
 class Decoder:
-    """Greedy decoding for one model, tokenizer and lexicon."""
+    """Greedy decoding and beam search for one model, tokenizer and lexicon."""
 
     def __init__(
         self, model: SEVLM, tokenizer: PreTrainedTokenizerBase, lexicon: VADLexicon
@@ -70,49 +85,105 @@ class Decoder:
                 out[i, 0] = found
         return torch.from_numpy(out)
 
+    def _room(self, max_new_tokens: int) -> int:
+        """How many tokens a text may have after the prompt."""
+        return min(max_new_tokens, self.model.config.n_positions - len(self.prompt.input_ids))
+
     @torch.no_grad()
     def generate(
-        self, memory: Tensor, max_new_tokens: int = MAX_NEW_TOKENS, use_cache: bool = True
+        self,
+        memory: Tensor,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        use_cache: bool = True,
+        *,
+        beams: int = 1,
     ) -> list[list[int]]:
-        """Token ids after the prompt for each image's memory ``[B, M, C]``, up to ``<eos>``."""
-        model, device = self.model, memory.device
-        b = memory.shape[0]
+        """Token ids after the prompt for each image's memory ``[B, M, C]``, up to ``<eos>``:
+        greedy for ``beams=1``, else the best text of :meth:`beam_search`."""
+        if beams == 1:
+            return self._greedy(memory, max_new_tokens, use_cache)
+        return [h.tokens for h in self.beam_search(memory, beams, max_new_tokens, use_cache)]
+
+    def _greedy(self, memory: Tensor, max_new_tokens: int, use_cache: bool) -> list[list[int]]:
+        """The most likely token at each step; a text that ended is fed pads until all have."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ids = torch.as_tensor(self.prompt.input_ids, device=device).expand(b, -1)
-        segs = torch.as_tensor(self.prompt.segment_ids, device=device).expand(b, -1)
-        vad = torch.as_tensor(self.prompt.vad, device=device).expand(b, -1, -1)
-        state: DecoderState | None = None
-        new_ids, new_segs, new_vad = ids, segs, vad
-        rows: list[list[int]] = [[] for _ in range(b)]
-        done = torch.zeros(b, dtype=torch.bool, device=device)
-        explaining = torch.zeros(b, dtype=torch.bool, device=device)
-        room = min(max_new_tokens, model.config.n_positions - ids.shape[1])
-        for _ in range(room):
-            if use_cache:
-                hidden, state = model.decode(new_ids, new_segs, new_vad, memory, state)
-            else:
-                hidden, _ = model.decode(ids, segs, vad, memory)
-            token = model.logits(hidden[:, -1]).argmax(dim=-1)
+        texts = _Texts(self, memory, use_cache)
+        done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
+        for _ in range(self._room(max_new_tokens)):
+            token = texts.logits().argmax(dim=-1)
             token = torch.where(done, torch.full_like(token, pad), token)
-            for i, t in enumerate(token.tolist()):
-                if not done[i]:
-                    rows[i].append(t)
             done |= token == eos
+            texts.append(token)
             if bool(done.all()):
                 break
-            explaining |= token == self.because
-            new_ids = token[:, None]
-            new_segs = torch.where(explaining, model.explanation_segment, model.emotion_segment)[
-                :, None
+        return [row[: row.index(eos) + 1] if eos in row else row for row in texts.rows]
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        memory: Tensor,
+        beams: int,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        use_cache: bool = True,
+    ) -> list[Hypothesis]:
+        """The best hypothesis of a ``beams``-wide search for each image's memory ``[B, M, C]``.
+
+        Each image starts from one hypothesis, the prompt, so its first ``beams`` are distinct.
+        At each step every hypothesis is extended by every token, and each image's
+        ``2 * beams`` best extensions by summed log-probability (float32) are ranked: those
+        that end with ``<eos>`` among the first ``beams`` are finished, and the first ``beams``
+        that do not end are the next step's hypotheses. A hypothesis scores the mean
+        log-probability of its tokens, ``<eos>`` included (length penalty 1.0, as Hugging
+        Face's default).
+
+        An image stops as soon as none of its live hypotheses can beat its best finished one:
+        log-probabilities are at most 0, so one whose log-probabilities sum to ``s`` can at best
+        score ``s / room`` however it goes on (``room``: the most tokens a text may have), and
+        stopping then returns what searching on would. Images that stop leave the batch; the
+        others stop at ``room`` tokens. The result is an image's best finished hypothesis, or
+        its best live one when none finished. Greedy decoding is not ``beams=1`` here: a
+        one-wide search goes on past an ``<eos>`` that greedy decoding would stop at.
+        """
+        if beams < 1:
+            raise ValueError(f"beams must be at least 1, not {beams}")
+        eos, room = self.tokenizer.eos_token_id, self._room(max_new_tokens)
+        texts = _Texts(self, memory, use_cache)
+        images = list(range(memory.shape[0]))  # the images searched, in the order of `texts`
+        best: list[Hypothesis | None] = [None] * len(images)
+        sums = torch.zeros(len(images), 1, device=memory.device)  # of each image's hypotheses
+        for length in range(1, room + 1):
+            top, rows, tokens = _best_extensions(sums, texts.logits(), 2 * beams)
+            for a, j in (tokens[:, :beams] == eos).nonzero().tolist():
+                ended = _hypothesis(texts.rows[int(rows[a, j])] + [eos], top[a, j].item())
+                if best[images[a]] is None or ended.score > best[images[a]].score:
+                    best[images[a]] = ended
+            live = torch.argsort((tokens == eos).int(), dim=1, stable=True)[:, :beams]
+            sums, rows, tokens = (x.gather(1, live) for x in (top, rows, tokens))
+            going = [
+                best[i] is None or best[i].score < s / room
+                for i, s in zip(images, sums[:, 0].tolist(), strict=True)
             ]
-            new_vad = self._token_vad(rows).to(device)
-            ids = torch.cat([ids, new_ids], dim=1)
-            segs = torch.cat([segs, new_segs], dim=1)
-            vad = torch.cat([vad, new_vad], dim=1)
-        return rows
+            regroup = length == 1 or not all(going)  # the rows' images change
+            if not all(going):
+                keep = torch.tensor(going, device=sums.device)
+                sums, rows, tokens = sums[keep], rows[keep], tokens[keep]
+                images = [i for i, g in zip(images, going, strict=True) if g]
+            texts.select(rows.flatten(), regroup)
+            texts.append(tokens.flatten())
+            if not images:
+                break
+        for a, i in enumerate(images):  # those that reached `room` tokens
+            if best[i] is None:
+                best[i] = _hypothesis(texts.rows[a * sums.shape[1]], sums[a, 0].item())
+        return best
 
     def explain(
-        self, pixel_values: Tensor, max_new_tokens: int = MAX_NEW_TOKENS, use_cache: bool = True
+        self,
+        pixel_values: Tensor,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        use_cache: bool = True,
+        *,
+        beams: int = 1,
     ) -> list[Explanation]:
         """Emotion and explanation for each image of ``pixel_values [B, 3, S, S]``."""
         was_training = self.model.training
@@ -120,15 +191,20 @@ class Decoder:
         try:
             with torch.no_grad():
                 memory = self.model.encode_images(pixel_values)
-            return self.explain_memory(memory, max_new_tokens, use_cache)
+            return self.explain_memory(memory, max_new_tokens, use_cache, beams=beams)
         finally:
             self.model.train(was_training)
 
     def explain_memory(
-        self, memory: Tensor, max_new_tokens: int = MAX_NEW_TOKENS, use_cache: bool = True
+        self,
+        memory: Tensor,
+        max_new_tokens: int = MAX_NEW_TOKENS,
+        use_cache: bool = True,
+        *,
+        beams: int = 1,
     ) -> list[Explanation]:
         """Emotion and explanation for images already encoded (``memory [B, M, C]``)."""
-        rows = self.generate(memory, max_new_tokens, use_cache)
+        rows = self.generate(memory, max_new_tokens, use_cache, beams=beams)
         return [self.parse(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rows]
 
     def parse(self, text: str) -> Explanation:
@@ -141,3 +217,84 @@ class Decoder:
         return Explanation(
             emotion, explanation, None if vad is None else tuple(float(x) for x in vad), text
         )
+
+
+class _Texts:
+    """N texts being written after the prompt and what the model has read of them: its caches,
+    or, uncached, every input so far (re-read whole at each step)."""
+
+    def __init__(self, decoder: Decoder, memory: Tensor, use_cache: bool) -> None:
+        self.decoder, self.memory, self.use_cache = decoder, memory, use_cache
+        n, device, prompt = memory.shape[0], memory.device, decoder.prompt
+        self.inputs = (
+            torch.as_tensor(prompt.input_ids, device=device).expand(n, -1),
+            torch.as_tensor(prompt.segment_ids, device=device).expand(n, -1),
+            torch.as_tensor(prompt.vad, device=device).expand(n, -1, -1),
+        )
+        self.unread = self.inputs
+        self.state: DecoderState | None = None
+        self.rows: list[list[int]] = [[] for _ in range(n)]
+        self.explaining = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def logits(self) -> Tensor:
+        """Each text's next-token logits ``[N, V]``."""
+        model = self.decoder.model
+        if self.use_cache:
+            hidden, self.state = model.decode(*self.unread, self.memory, self.state)
+        else:
+            hidden, _ = model.decode(*self.inputs, self.memory)
+        return model.logits(hidden[:, -1])
+
+    def append(self, token: Tensor) -> None:
+        """Write one more token ``[N]`` on every text."""
+        for row, t in zip(self.rows, token.tolist(), strict=True):
+            row.append(t)
+        model = self.decoder.model
+        self.explaining |= token == self.decoder.because
+        segment = torch.where(self.explaining, model.explanation_segment, model.emotion_segment)
+        vad = self.decoder._token_vad(self.rows).to(token.device)
+        self.unread = (token[:, None], segment[:, None], vad)
+        if not self.use_cache:
+            pairs = zip(self.inputs, self.unread, strict=True)
+            self.inputs = tuple(torch.cat(pair, dim=1) for pair in pairs)
+
+    def select(self, index: Tensor, regroup: bool) -> None:
+        """Go on with the texts at ``index`` (one may be taken several times), before
+        :meth:`append`. The memory and the cross-attention keys and values depend on the image
+        only, so they are re-indexed only when ``regroup`` (when the rows' images change)."""
+        self.rows = [list(self.rows[i]) for i in index.tolist()]
+        self.explaining = self.explaining[index]
+        if regroup:
+            self.memory = self.memory.index_select(0, index)
+        if self.state is not None:
+            self.state = _select_state(self.state, index, regroup)
+        if not self.use_cache:
+            self.inputs = tuple(x.index_select(0, index) for x in self.inputs)
+
+
+def _select_state(state: DecoderState, index: Tensor, regroup: bool) -> DecoderState:
+    """The caches of the rows at ``index``; the cross-attention ones only when ``regroup``."""
+
+    def pick(kv: KV) -> KV:
+        return kv[0].index_select(0, index), kv[1].index_select(0, index)
+
+    blocks = [(pick(own), pick(cross) if regroup else cross) for own, cross in state.blocks]
+    vad = None if state.vad is None else [pick(kv) for kv in state.vad]
+    return DecoderState(blocks, vad, state.position)
+
+
+def _best_extensions(sums: Tensor, logits: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k`` best one-token extensions of each image's hypotheses (``sums [n, w]``, their
+    summed log-probabilities; ``logits [n * w, V]``), best first: their summed
+    log-probabilities, the rows of ``logits`` they extend and their tokens, each ``[n, k]``.
+    They are among each hypothesis's own ``k`` best tokens, so only those are ranked."""
+    n, width = sums.shape
+    best, tokens = logits.float().log_softmax(dim=-1).topk(k, dim=-1)
+    top, flat = (sums[:, :, None] + best.view(n, width, k)).flatten(1).topk(k, dim=1)
+    rows = flat // k + width * torch.arange(n, device=flat.device)[:, None]
+    return top, rows, tokens.view(n, width * k).gather(1, flat)
+
+
+def _hypothesis(tokens: list[int], total: float) -> Hypothesis:
+    """Tokens whose log-probabilities sum to ``total``, scored by their mean."""
+    return Hypothesis(tokens, total / len(tokens) if tokens else 0.0)
