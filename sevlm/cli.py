@@ -47,7 +47,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def source_from_args(args: argparse.Namespace) -> DataSource:
+def source_from_args(args: argparse.Namespace, sample_default: bool = False) -> DataSource:
+    """The data the options name; with ``sample_default`` and none named, the embedded sample."""
+    if sample_default and not any((args.data, args.csv, args.images, args.contrastive)):
+        from sevlm.sample import cached_sample
+
+        args.data = str(cached_sample())
+        _progress(f"no data given: the embedded sample ({args.data})")
     return DataSource.resolve(
         data=args.data,
         csv=args.csv,
@@ -136,6 +142,136 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_data(args: argparse.Namespace, source: DataSource):
+    return load_artemis(
+        source, seed=args.seed or 0, prep=UtterancePrep(enabled=not args.no_text_prep),
+        progress=_progress,
+    )  # fmt: skip
+
+
+def _load_model(ref: str, tracking_uri: str | None):
+    import torch
+
+    from sevlm.model_source import resolve_model
+    from sevlm.weights import WeightsError, load_pretrained
+
+    found = resolve_model(ref, tracking_uri)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return found, load_pretrained(found.path, device=device)
+    except WeightsError as e:  # a damaged model directory: a clear error, like bad data
+        raise ValueError(str(e)) from e
+
+
+def _check_beams(beams: int) -> None:
+    if beams < 1:
+        raise ValueError(f"--beams must be >= 1, got {beams}")
+
+
+def cmd_train_text_classifier(args: argparse.Namespace) -> int:
+    from sevlm.evaluate import classifier_home, fit_classifier
+
+    source = source_from_args(args, sample_default=True)
+    data = _load_data(args, source)
+    out = args.out or classifier_home(source)
+    _, info = fit_classifier(data, source, args.seed or 0, out, _progress)
+    if info["path"] is None:
+        return 1
+    print(f"text classifier: {info['path']}")
+    print(f"held-out accuracy: {info['heldout_accuracy']} ({info['heldout_texts']} explanations)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import os
+
+    from sevlm.evaluate import evaluate, load_or_fit_classifier, log_evaluation, write_report
+    from sevlm.lexicon import VADLexicon
+    from sevlm.tracking import resolve_tracking_uri
+
+    _check_beams(args.beams)
+    found, loaded = _load_model(args.model, args.tracking_uri)
+    source = source_from_args(args, sample_default=True)
+    data = _load_data(args, source)
+    classifier, classifier_info = load_or_fit_classifier(
+        data, source, args.seed or 0, args.classifier, _progress
+    )
+    lexicon = read_lexicon(source.lexicon) if source.lexicon else VADLexicon({})
+    report = evaluate(
+        loaded, data, args.split, classifier, lexicon=lexicon,
+        batch_size=args.batch_size, beams=args.beams, progress=_progress,
+    )  # fmt: skip
+    report = {"model": args.model, "model_path": str(found.path), **report,
+              "data": source.describe(), "classifier": classifier_info}  # fmt: skip
+    files = write_report(report, args.out)
+    for key in ("emotion_accuracy", "bleu4", "meteor", "rouge_l", "cider", "emo_alignment"):
+        value, floor = report[key], report["baseline"][key]
+        shown = "n/a" if value is None else f"{value:.4f}"
+        print(f"{key:>16}: {shown}  (baseline {'n/a' if floor is None else f'{floor:.4f}'})")
+    print(f"report: {files[0]}\nsummary: {files[1]}")
+    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or found.run_id:
+        uri = resolve_tracking_uri(args.tracking_uri)
+        run_id = log_evaluation(report, files, uri, found.run_id)
+        print(f"logged to MLflow run {run_id} ({uri})")
+    return 0
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    from sevlm.images import IMAGE_SUFFIXES
+
+    found = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from sevlm.examples import ExampleConfig
+    from sevlm.generate import Decoder
+
+    _check_beams(args.beams)
+    _, loaded = _load_model(args.model, args.tracking_uri)
+    transform = ExampleConfig.for_model(loaded.model.config).transform
+    decoder = Decoder(loaded.model, loaded.tokenizer, loaded.lexicon)
+    device = next(loaded.model.parameters()).device
+    files, explained = _image_files(args.images), 0
+    if not files:
+        print("error: no image files given", file=sys.stderr)
+        return 1
+    for start in range(0, len(files), args.batch_size):
+        readable, pixels = [], []
+        for path in files[start : start + args.batch_size]:
+            try:
+                pixels.append(torch.as_tensor(transform.load(path)))
+                readable.append(path)
+            except Exception as e:  # one bad file never stops the rest
+                print(f"error: {path}: cannot read the image ({_reason(e)})", file=sys.stderr)
+        if not readable:
+            continue
+        said = decoder.explain(torch.stack(pixels).to(device), beams=args.beams)
+        for path, one in zip(readable, said, strict=True):
+            explained += 1
+            if args.json:
+                record = {"image": str(path), "emotion": one.emotion,
+                          "explanation": one.explanation,
+                          "vad": None if one.vad is None else list(one.vad)}  # fmt: skip
+                print(json.dumps(record, ensure_ascii=False))
+            else:
+                print(f"{path}: {one.emotion}, because {one.explanation}")
+    return 0 if explained else 1
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sevlm", description="Train, search and evaluate a small emotional VLM on ArtEmis."
@@ -184,7 +320,88 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-failures", type=int, default=2, help="worker restarts allowed")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(func=cmd_train)
+
+    classifier = commands.add_parser(
+        "train-text-classifier",
+        help="train the text-to-emotion classifier behind emotional alignment",
+        description="Train the classifier that reads explanations and names their emotion, on "
+        "the training split's explanations; report its accuracy on the validation split's. "
+        "Without data options: the embedded sample.",
+    )
+    add_data_args(classifier)
+    classifier.add_argument(
+        "--out",
+        type=Path,
+        help="folder to save it in (default: emotion-classifier/ beside the "
+        "annotations, where `sevlm evaluate` looks)",
+    )
+    classifier.set_defaults(func=cmd_train_text_classifier)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="the paper's metrics on a split, with plots and a baseline",
+        description="Explain every image of a split once, then score: emotion accuracy, "
+        "BLEU-1..4, METEOR, ROUGE-L, CIDEr, emotional alignment, VAD distance, unique ratio. "
+        "Writes a JSON report, a Markdown summary and plots; logs them to MLflow when a "
+        "tracking URI is set or the model came from MLflow. Without data options: the "
+        "embedded sample.",
+    )
+    add_model_args(evaluate)
+    add_data_args(evaluate)
+    evaluate.add_argument(
+        "--split", choices=("val", "test"), default="test", help="which split (default test)"
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        default=Path("evaluation/report.json"),
+        help="the JSON report; the summary and plots go beside it (default evaluation/report.json)",
+    )
+    evaluate.add_argument("--batch-size", type=int, default=32, help="images per batch (32)")
+    evaluate.add_argument(
+        "--classifier",
+        type=Path,
+        help="the text classifier's folder "
+        "(default: the one beside the data, trained there if missing)",
+    )
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    explain = commands.add_parser(
+        "explain",
+        help="the emotion and explanation for images",
+        description="Print the emotion each image evokes and why. Unreadable files are "
+        "reported and skipped; the exit code is non-zero only if nothing was explained.",
+    )
+    add_model_args(explain)
+    explain.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE_OR_DIR",
+        help="image files, or folders of them",
+    )
+    explain.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: image, emotion, explanation, vad",
+    )
+    explain.add_argument("--batch-size", type=int, default=16, help="images per batch (16)")
+    explain.set_defaults(func=cmd_explain)
     return parser
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Which model, and how to decode."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a model directory, an MLflow model URI "
+        "(runs:/ID/model, models:/sevlm@champion) or a registered model name",
+    )
+    parser.add_argument("--beams", type=int, default=1, help="beam width (default 1: greedy)")
+    parser.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

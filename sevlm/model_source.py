@@ -1,0 +1,114 @@
+"""Where a model comes from: a model directory, an MLflow model URI, or a registered name.
+
+``sevlm evaluate`` and ``sevlm explain`` take any of them. MLflow models are the pyfunc
+models that training logs (see :mod:`sevlm.mlflow_model`): the sevlm model directory is one
+of their artifacts, downloaded here and loaded like any other (safetensors, nothing
+unpickled). The MLflow run that logged the model is kept, so an evaluation can be logged to it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
+CHAMPION_ALIAS = "champion"
+
+
+class ModelNotFound(ValueError):
+    """The reference names no model that can be had."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model reference resolved to a local model directory."""
+
+    ref: str
+    """As the user gave it."""
+    path: Path
+    """The sevlm model directory (config.json, model.safetensors, tokenizer, lexicon)."""
+    run_id: str | None = None
+    """The MLflow run that logged the model, when it came from MLflow."""
+
+
+def resolve_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
+    """``ref`` as a local model directory: a folder, ``runs:/ID/model``, ``models:/NAME@ALIAS``
+    (or ``/VERSION``, or a logged model's ``models:/m-...``), or a registered model's name
+    (its ``champion`` alias, else its newest version)."""
+    folder = Path(ref).expanduser()
+    plain_name = not (os.sep in ref or ref.startswith((".", "~")) or ref.startswith(MLFLOW_SCHEMES))
+    if folder.is_dir() and not (plain_name and not _holds_model(folder)):
+        return ModelSource(ref, _model_dir(folder, ref), _logged_by(folder))
+    if plain_name:  # a registered model's name (a folder of that name here holds no model)
+        return resolve_model(_registered(ref, tracking_uri), tracking_uri)
+    if not ref.startswith(MLFLOW_SCHEMES):
+        raise ModelNotFound(f"--model {ref}: no such folder")
+    downloaded = _download(ref, tracking_uri)
+    return ModelSource(ref, _model_dir(downloaded, ref), _logged_by(downloaded))
+
+
+def _holds_model(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "MLmodel").is_file()
+
+
+def _model_dir(folder: Path, ref: str) -> Path:
+    """The sevlm model directory in ``folder``: itself, or a pyfunc model's ``model`` artifact."""
+    if (folder / "config.json").is_file():
+        return folder
+    mlmodel = folder / "MLmodel"
+    if mlmodel.is_file():
+        spec = yaml.safe_load(mlmodel.read_text())
+        artifact = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+        if "model" in artifact:
+            return folder / artifact["model"]["path"]
+    raise ModelNotFound(f"{ref}: neither a sevlm model directory nor a sevlm MLflow model")
+
+
+def _logged_by(folder: Path) -> str | None:
+    mlmodel = folder / "MLmodel"
+    return yaml.safe_load(mlmodel.read_text()).get("run_id") if mlmodel.is_file() else None
+
+
+def _download(ref: str, tracking_uri: str | None) -> Path:
+    import mlflow
+
+    from sevlm.tracking import resolve_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    target = tempfile.mkdtemp(prefix="sevlm-model-")
+    atexit.register(shutil.rmtree, target, ignore_errors=True)
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=target))
+    except Exception as e:  # MlflowException, OSError: either way, no model to be had
+        raise ModelNotFound(f"{ref}: cannot download the model: {str(e)[:300]}") from e
+
+
+def _registered(name: str, tracking_uri: str | None) -> str:
+    """``models:/NAME@champion`` when the alias exists, else the newest version's URI."""
+    from sevlm.tracking import client_for, resolve_tracking_uri
+
+    if "'" in name:
+        raise ModelNotFound(f"--model {name!r}: not a folder, nor a registered model name")
+    uri = resolve_tracking_uri(tracking_uri)
+    client = client_for(uri)
+    try:
+        client.get_model_version_by_alias(name, CHAMPION_ALIAS)
+        return f"models:/{name}@{CHAMPION_ALIAS}"
+    except Exception:  # no such alias (or model): look for versions
+        pass
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except Exception as e:
+        raise ModelNotFound(f"--model {name}: cannot look it up at {uri}: {str(e)[:300]}") from e
+    if not versions:
+        raise ModelNotFound(
+            f"--model {name}: not a folder, and no registered model of that name at {uri}"
+        )
+    return f"models:/{name}/{max(int(v.version) for v in versions)}"
