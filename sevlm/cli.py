@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -142,11 +143,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_data(args: argparse.Namespace, source: DataSource):
+def _load_data(args: argparse.Namespace, source: DataSource, prep: UtterancePrep | None = None):
     return load_artemis(
-        source, seed=args.seed or 0, prep=UtterancePrep(enabled=not args.no_text_prep),
-        progress=_progress,
+        source, seed=args.seed or 0,
+        prep=prep or UtterancePrep(enabled=not args.no_text_prep), progress=_progress,
     )  # fmt: skip
+
+
+def _data_of_model(args: argparse.Namespace, trained_on: dict) -> UtterancePrep | None:
+    """Default the data options to what the model was trained on (its config.json says):
+    the same split seed and text preparation, and, when none is named, the same data."""
+    if args.seed is None and "seed" in trained_on:
+        args.seed = trained_on["seed"]
+    named = any((args.data, args.csv, args.images, args.contrastive))
+    paths = [trained_on.get(k) for k in ("csv", "images", "hf")]
+    if not named and trained_on.get("images") and all(not p or Path(p).exists() for p in paths):
+        args.csv, args.images = _path_or_none(trained_on["csv"]), Path(trained_on["images"])
+        args.lexicon = args.lexicon or _path_or_none(trained_on.get("lexicon"))
+        args.contrastive = _path_or_none(trained_on.get("contrastive"))
+        args.variant = trained_on.get("variant", "v1")
+        if trained_on.get("hf"):
+            args.data = f"hf:{trained_on['hf']}"
+        _progress(f"no data given: the model's training data ({args.csv or args.data})")
+    if args.no_text_prep or "text_prep" not in trained_on:
+        return None
+    return UtterancePrep(**trained_on["text_prep"])
+
+
+def _path_or_none(value: str | None) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def _load_model(ref: str, tracking_uri: str | None):
@@ -163,9 +188,26 @@ def _load_model(ref: str, tracking_uri: str | None):
         raise ValueError(str(e)) from e
 
 
-def _check_beams(beams: int) -> None:
-    if beams < 1:
-        raise ValueError(f"--beams must be >= 1, got {beams}")
+def _check_decoding(args: argparse.Namespace) -> None:
+    if args.beams < 1:
+        raise ValueError(f"--beams must be >= 1, got {args.beams}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def _check_out(out: Path) -> None:
+    """Fail before hours of generation, not after: the report must be writable."""
+    if out.suffix != ".json":
+        raise ValueError(f"--out {out}: the report is a .json file (the summary and plots "
+                         "are written beside it)")  # fmt: skip
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot create its folder ({e})") from e
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"--out {out}: its folder is not writable")
 
 
 def cmd_train_text_classifier(args: argparse.Namespace) -> int:
@@ -183,16 +225,17 @@ def cmd_train_text_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    import os
-
     from sevlm.evaluate import evaluate, load_or_fit_classifier, log_evaluation, write_report
     from sevlm.lexicon import VADLexicon
-    from sevlm.tracking import resolve_tracking_uri
+    from sevlm.model_source import MLFLOW_SCHEMES
+    from sevlm.tracking import redact, resolve_tracking_uri
 
-    _check_beams(args.beams)
+    _check_decoding(args)
+    _check_out(args.out)
     found, loaded = _load_model(args.model, args.tracking_uri)
+    prep = _data_of_model(args, loaded.info.get("data") or {})
     source = source_from_args(args, sample_default=True)
-    data = _load_data(args, source)
+    data = _load_data(args, source, prep)
     classifier, classifier_info = load_or_fit_classifier(
         data, source, args.seed or 0, args.classifier, _progress
     )
@@ -202,17 +245,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, beams=args.beams, progress=_progress,
     )  # fmt: skip
     report = {"model": args.model, "model_path": str(found.path), **report,
-              "data": source.describe(), "classifier": classifier_info}  # fmt: skip
+              "data": {**source.describe(), "seed": args.seed or 0},
+              "classifier": classifier_info}  # fmt: skip
     files = write_report(report, args.out)
     for key in ("emotion_accuracy", "bleu4", "meteor", "rouge_l", "cider", "emo_alignment"):
         value, floor = report[key], report["baseline"][key]
         shown = "n/a" if value is None else f"{value:.4f}"
         print(f"{key:>16}: {shown}  (baseline {'n/a' if floor is None else f'{floor:.4f}'})")
     print(f"report: {files[0]}\nsummary: {files[1]}")
-    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or found.run_id:
-        uri = resolve_tracking_uri(args.tracking_uri)
+    tracked = found.ref.startswith(MLFLOW_SCHEMES)
+    if not (args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracked):
+        return 0
+    uri = resolve_tracking_uri(args.tracking_uri)
+    try:
         run_id = log_evaluation(report, files, uri, found.run_id)
-        print(f"logged to MLflow run {run_id} ({uri})")
+    except Exception as e:  # the report is written: say what failed, keep it
+        print(f"error: could not log to MLflow at {redact(uri)}: {e}", file=sys.stderr)
+        return 1
+    print(f"logged to MLflow run {run_id} ({redact(uri)})")
     return 0
 
 
@@ -234,7 +284,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from sevlm.examples import ExampleConfig
     from sevlm.generate import Decoder
 
-    _check_beams(args.beams)
+    _check_decoding(args)
     _, loaded = _load_model(args.model, args.tracking_uri)
     transform = ExampleConfig.for_model(loaded.model.config).transform
     decoder = Decoder(loaded.model, loaded.tokenizer, loaded.lexicon)

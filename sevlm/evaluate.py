@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from sevlm.artemis import ArtemisData, DataSource, Painting
+from sevlm.artemis import Annotation, ArtemisData, DataSource, Painting
 from sevlm.emotion_classifier import (
     CLASSIFIER_DIR,
     ClassifierError,
@@ -32,6 +33,7 @@ from sevlm.generate import MAX_NEW_TOKENS, Decoder
 from sevlm.lexicon import VADLexicon
 from sevlm.metrics import (
     CAPTION_METRICS,
+    UNKNOWN,
     caption_scores,
     dominant_emotion,
     emotion_accuracy,
@@ -44,8 +46,8 @@ from sevlm.weights import LoadedModel
 Printer = Callable[[str], None]
 REPORT_FIGURES = ("emotion_accuracy", *CAPTION_METRICS, "emo_alignment", "vad_distance",
                   "unique_ratio")  # fmt: skip
-PLOTS = {"confusion": "confusion.png", "per_emotion": "per_emotion.png",
-         "valence_arousal": "valence_arousal.png"}  # fmt: skip
+PLOTS = ("confusion", "per_emotion", "valence_arousal")
+"""The report's plots, written beside it as ``<report stem>.<plot>.png``."""
 
 
 def _quiet(_: str) -> None:
@@ -106,9 +108,14 @@ def generate_split(
 
 
 def references(painting: Painting) -> list[str]:
-    """All of an image's explanations, prepared as for training (the prepared text where the
-    preparation kept one, else the utterance's ArtEmis tokens): every annotation counts."""
-    return [a.text or " ".join(tokenize_utterance(a.utterance)) for a in painting.annotations]
+    """All of an image's explanations, prepared as for training: every annotation counts."""
+    return [_prepared(a) for a in painting.annotations]
+
+
+def _prepared(annotation: Annotation) -> str:
+    """The text prepared for training, else (the preparation dropped it as too short or too
+    long) the utterance's ArtEmis tokens."""
+    return annotation.text or " ".join(tokenize_utterance(annotation.utterance))
 
 
 def baseline(train: list[Painting]) -> tuple[str, str]:
@@ -117,10 +124,7 @@ def baseline(train: list[Painting]) -> tuple[str, str]:
     if not emotions:
         raise ValueError("the training split is empty: no baseline")
     emotion = emotions.most_common(1)[0][0]
-    texts = Counter(
-        a.text or " ".join(tokenize_utterance(a.utterance))
-        for p in train for a in p.annotations if a.emotion == emotion
-    )  # fmt: skip
+    texts = Counter(_prepared(a) for p in train for a in p.annotations if a.emotion == emotion)
     return emotion, texts.most_common(1)[0][0]
 
 
@@ -144,6 +148,7 @@ def score(
     accuracy = emotion_accuracy({k: em for k, (em, _) in said.items()}, annotations)
     keys = sorted(said)
     read = dict(zip(keys, classifier.predict([explanations[k] for k in keys]), strict=True))
+    read |= {k: UNKNOWN for k in keys if not explanations[k].strip()}  # says nothing: no emotion
     alignment = emotion_accuracy(read, annotations)
     for emotion, row in accuracy["per_emotion"].items():
         row["alignment"] = alignment["per_emotion"][emotion]["accuracy"]
@@ -167,22 +172,27 @@ def classifier_texts(paintings: list[Painting]) -> list[tuple[str, str]]:
     ]
 
 
-def data_identity(source: DataSource, seed: int) -> dict:
-    """What a classifier was trained on: it is reused only for the same data and split."""
-    csv = source.csv
-    return {
-        "csv": csv.name if csv else None,
-        "csv_bytes": csv.stat().st_size if csv and csv.is_file() else None,
-        "hf": source.hf,
-        "variant": source.variant,
-        "split_seed": seed,
-    }
+def data_identity(source: DataSource, seed: int, prep: dict) -> dict:
+    """What a classifier was trained on: it is reused only for the same data, split and text
+    preparation."""
+
+    def file(path: Path | None) -> list | None:
+        return [path.name, path.stat().st_size] if path and path.is_file() else None
+
+    return {"csv": file(source.csv), "contrastive": file(source.contrastive), "hf": source.hf,
+            "variant": source.variant, "split_seed": seed, "text_prep": prep}  # fmt: skip
 
 
 def classifier_home(source: DataSource) -> Path:
-    """Where a dataset's classifier is kept by default: beside its annotations."""
-    base = source.csv.parent if source.csv is not None else Path(source.hf or ".")
-    return base / CLASSIFIER_DIR
+    """Where a dataset's classifier is kept by default: beside its annotations (for a dataset
+    on the Hugging Face hub, in sevlm's cache folder)."""
+    if source.csv is not None:
+        return source.csv.parent / CLASSIFIER_DIR
+    if source.hf and Path(source.hf).is_dir():
+        return Path(source.hf) / CLASSIFIER_DIR
+    from sevlm.sample import cache_root
+
+    return cache_root() / "classifiers" / str(source.hf).replace("/", "--") / CLASSIFIER_DIR
 
 
 def fit_classifier(
@@ -196,7 +206,7 @@ def fit_classifier(
         classifier_texts(data.split("val")),
         seed=seed,
         batch_size=min(256, max(16, len(train) // 16)),  # small data still gets enough steps
-        meta={"data": data_identity(source, seed)},
+        meta={"data": data_identity(source, seed, data.report.text)},
         progress=progress,
     )
     classifier.meta["fit"] = dataclasses.asdict(fit)
@@ -204,7 +214,7 @@ def fit_classifier(
     if out is not None:
         try:
             info["path"] = str(classifier.save(out))
-        except OSError as e:
+        except (OSError, ClassifierError) as e:  # it still serves this evaluation
             progress(f"warning: could not save the text classifier to {out}: {e}")
     progress(
         f"text classifier: held-out accuracy {_fmt(fit.heldout_accuracy)} on "
@@ -228,7 +238,7 @@ def load_or_fit_classifier(
     home = classifier_home(source)
     try:
         classifier = EmotionClassifier.load(home)
-        if classifier.meta.get("data") == data_identity(source, seed):
+        if classifier.meta.get("data") == data_identity(source, seed, data.report.text):
             return classifier, {**classifier.meta.get("fit", {}), "path": str(home)}
         progress(f"{home} was trained on other data or another split: training a new one")
     except ClassifierError:
@@ -257,6 +267,7 @@ def evaluate(
     if not paintings:
         raise ValueError(f"the {split} split has no images")
     lexicon = lexicon if lexicon is not None and len(lexicon) else loaded.lexicon
+    emotion, explanation = baseline(data.split("train"))
     started = time.perf_counter()
     generated, skipped = generate_split(
         loaded, paintings, batch_size=batch_size, beams=beams, progress=progress
@@ -266,7 +277,6 @@ def evaluate(
     said = {g.painting.key: (g.emotion, g.explanation) for g in generated}
     progress(f"scoring {len(said)} explanations")
     report = score(said, by_key, lexicon, classifier, java)
-    emotion, explanation = baseline(data.split("train"))
     floor = score({k: (emotion, explanation) for k in said}, by_key, lexicon, classifier, java)
     report.update(
         {
@@ -304,28 +314,33 @@ def _generation(g: Generated, lexicon: VADLexicon) -> dict:
 # Writing it down
 
 
+def plot_files(out: Path) -> dict[str, Path]:
+    return {name: out.with_name(f"{out.stem}.{name}.png") for name in PLOTS}
+
+
 def write_report(report: dict, out: Path) -> list[Path]:
-    """The JSON report at ``out``; beside it the Markdown summary and the plots."""
+    """The JSON report at ``out``; beside it the Markdown summary and the plots. The
+    valence-arousal plot shows the images with a dominant emotion (its colour)."""
     from sevlm.plots import confusion_matrix_png, per_emotion_png, valence_arousal_png
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    folder = out.parent
+    plots = plot_files(out)
+    _atomic_write(out, json.dumps(report, indent=2) + "\n")
+    dominated = [g for g in report["generations"] if g["dominant"]]
     files = [
         confusion_matrix_png(
-            report["confusion"], folder / PLOTS["confusion"],
-            predicted_labels=report["confusion_columns"],
+            report["confusion"], plots["confusion"], predicted_labels=report["confusion_columns"]
         ),
-        per_emotion_png(report["per_emotion"], folder / PLOTS["per_emotion"]),
+        per_emotion_png(report["per_emotion"], plots["per_emotion"]),
         valence_arousal_png(
-            [_va(g["vad"]) for g in report["generations"]],
-            [_va(g["reference_vad"]) for g in report["generations"]],
-            [g["dominant"] or "something else" for g in report["generations"]],
-            folder / PLOTS["valence_arousal"],
+            [_va(g["vad"]) for g in dominated],
+            [_va(g["reference_vad"]) for g in dominated],
+            [g["dominant"] for g in dominated],
+            plots["valence_arousal"],
         ),
-    ]  # fmt: skip
+    ]
     summary = out.with_suffix(".md")
-    _atomic_write(summary, markdown(report))
-    _atomic_write(out, json.dumps(report, indent=2) + "\n")
+    _atomic_write(summary, markdown(report, out))
     return [out, summary, *files]
 
 
@@ -334,16 +349,21 @@ def _va(vad: list[float] | None) -> tuple[float, float] | None:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def markdown(report: dict) -> str:
+def markdown(report: dict, out: Path) -> str:
     """A human summary: the figures beside the baseline's, per emotion, a few examples."""
     base = report["baseline"]
     lines = [
@@ -376,7 +396,7 @@ def markdown(report: dict) -> str:
         for e, r in report["per_emotion"].items()
     ]
     lines += ["", "## Plots", ""]
-    lines += [f"![{name}]({file})" for name, file in PLOTS.items()]
+    lines += [f"![{name}]({path.name})" for name, path in plot_files(out).items()]
     lines += ["", "## Examples", "", "| painting | dominant | said |", "| --- | --- | --- |"]
     lines += [
         f"| {g['art_style']}/{g['painting']} | {g['dominant'] or '-'} | "
@@ -392,13 +412,15 @@ def log_evaluation(report: dict, files: list[Path], uri: str, run_id: str | None
     from sevlm.tracking import DEFAULT_EXPERIMENT, client_for
 
     client = client_for(uri)
-    if run_id is None:
+    if run_id is not None and not _run_exists(client, run_id):
+        run_id = None  # logged in another tracking store: record this one here
+    created = run_id is None
+    if created:
         found = client.get_experiment_by_name(DEFAULT_EXPERIMENT)
         experiment = found.experiment_id if found else client.create_experiment(DEFAULT_EXPERIMENT)
         run = client.create_run(experiment, run_name=f"evaluate {report.get('model', '')}"[:250],
                                 tags={"sevlm.model": str(report.get("model"))})  # fmt: skip
         run_id = run.info.run_id
-        client.set_terminated(run_id)
     prefix = f"eval_{report['split']}"
     metrics = {f"{prefix}/{k}": report[k] for k in REPORT_FIGURES}
     metrics |= {f"{prefix}/baseline_{k}": report["baseline"][k] for k in REPORT_FIGURES}
@@ -410,4 +432,14 @@ def log_evaluation(report: dict, files: list[Path], uri: str, run_id: str | None
             client.log_metric(run_id, key, float(value))
     for path in files:
         client.log_artifact(run_id, str(path), artifact_path=f"evaluation/{report['split']}")
+    if created:
+        client.set_terminated(run_id)
     return run_id
+
+
+def _run_exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+    except Exception:  # MlflowException: no such run in this store
+        return False
+    return True

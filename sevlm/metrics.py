@@ -41,7 +41,8 @@ def emotion_accuracy(
 ) -> dict:
     """Accuracy of ``predicted`` (image -> emotion) against each image's dominant emotion.
 
-    Images without a dominant emotion are excluded and counted in ``images_excluded``.
+    Images without a dominant emotion are excluded and counted in ``images_excluded``; with
+    none left, the accuracy is None (not 0: there was nothing to be right about).
     Also returns ``per_emotion`` (by dominant emotion: images, correct, accuracy or None)
     and ``confusion``: rows the nine dominant emotions, columns the nine then ``unknown``.
     """
@@ -64,7 +65,7 @@ def emotion_accuracy(
     counted = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(EMOTIONS)))
     return {
-        "emotion_accuracy": correct / counted if counted else 0.0,
+        "emotion_accuracy": correct / counted if counted else None,
         "images_scored": counted,
         "images_excluded": excluded,
         "per_emotion": per_emotion,
@@ -108,7 +109,10 @@ def ptb_tokenize(texts: Mapping[str, Sequence[str]], java: bool | None = None) -
 
         captions = {k: [{"caption": t} for t in v] for k, v in texts.items()}
         try:
-            return PTBTokenizer().tokenize(captions), "ptb"
+            tokenized = PTBTokenizer().tokenize(captions)
+            if all(len(tokenized.get(k, ())) == len(v) for k, v in texts.items()):
+                return tokenized, "ptb"
+            reason = "the PTB tokenizer returned fewer lines than it was given"
         except OSError as e:  # e.g. it writes a temp file beside itself: a read-only install
             reason = f"the PTB tokenizer could not run ({e})"
     log.warning("%s: captions tokenized by a Python fallback, not Stanford PTB", reason)

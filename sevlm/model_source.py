@@ -63,7 +63,7 @@ def _model_dir(folder: Path, ref: str) -> Path:
         return folder
     mlmodel = folder / "MLmodel"
     if mlmodel.is_file():
-        spec = yaml.safe_load(mlmodel.read_text())
+        spec = _read_mlmodel(mlmodel)
         artifact = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
         if "model" in artifact:
             return folder / artifact["model"]["path"]
@@ -72,7 +72,17 @@ def _model_dir(folder: Path, ref: str) -> Path:
 
 def _logged_by(folder: Path) -> str | None:
     mlmodel = folder / "MLmodel"
-    return yaml.safe_load(mlmodel.read_text()).get("run_id") if mlmodel.is_file() else None
+    return _read_mlmodel(mlmodel).get("run_id") if mlmodel.is_file() else None
+
+
+def _read_mlmodel(path: Path) -> dict:
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ModelNotFound(f"{path}: cannot be read ({e})") from e
+    if not isinstance(spec, dict):
+        raise ModelNotFound(f"{path}: not an MLmodel file")
+    return spec
 
 
 def _download(ref: str, tracking_uri: str | None) -> Path:

@@ -99,14 +99,18 @@ def write_sample(
     return SampleSummary(out, paintings, len(rows), csv_path, images, lexicon)
 
 
+def cache_root() -> Path:
+    """sevlm's cache folder: ``$SEVLM_CACHE``, else ``$XDG_CACHE_HOME/sevlm``, else
+    ``~/.cache/sevlm``."""
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("SEVLM_CACHE") or Path(xdg) / "sevlm").absolute()
+
+
 def cached_sample(cache: Path | str | None = None) -> Path:
-    """The default sample, written on first use into ``cache`` (default: ``$SEVLM_CACHE``,
-    else ``$XDG_CACHE_HOME/sevlm``, else ``~/.cache/sevlm``), atomically: a folder that is
-    there is complete, even when two processes race to write it."""
-    if cache is None:
-        xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        cache = os.environ.get("SEVLM_CACHE") or Path(xdg) / "sevlm"
-    target = Path(cache).absolute() / f"sample-{DEFAULT_PAINTINGS}-v1"
+    """The default sample, written on first use into ``cache`` (default: :func:`cache_root`),
+    atomically: a folder that is there is complete, even when two processes race to write
+    it."""
+    target = Path(cache or cache_root()).absolute() / f"sample-{DEFAULT_PAINTINGS}-v1"
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

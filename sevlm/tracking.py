@@ -38,6 +38,16 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+def redact(uri: str) -> str:
+    """A URI fit to print: any ``user:password@`` taken out."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 

@@ -188,7 +188,7 @@ def reduce_eval(parts: Iterable[dict[str, Any]], paintings: list[Painting]) -> d
     scores = bleu({k: v[1] for k, v in predictions.items()}, references)
     metrics.update(
         {
-            "val/emotion_accuracy": accuracy["emotion_accuracy"],
+            "val/emotion_accuracy": accuracy["emotion_accuracy"] or 0.0,
             "val/bleu1": scores[0],
             "val/bleu4": scores[3],
             "val/images": float(n),

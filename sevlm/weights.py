@@ -152,10 +152,12 @@ def save_pretrained(
     *,
     training: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
+    data: dict[str, Any] | None = None,
     copy_lexicon: bool = True,
 ) -> Path:
-    """Write a model directory. ``copy_lexicon=False`` stores only the lexicon's path and hash
-    (NRC-VAD's licence may not let you pass the file on with the model)."""
+    """Write a model directory. ``data`` says what it was trained on (source, split seed, text
+    preparation). ``copy_lexicon=False`` stores only the lexicon's path and hash (NRC-VAD's
+    licence may not let you pass the file on with the model)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(model, folder / WEIGHTS_FILE)
@@ -170,6 +172,7 @@ def save_pretrained(
         "model": model.config.to_dict(),
         "lexicon": lexicon_info,
         "training": training or {},
+        "data": data or {},
         "metrics": {k: v for k, v in (metrics or {}).items() if isinstance(v, int | float)},
     }
     (folder / "config.json").write_text(json.dumps(info, indent=2) + "\n")

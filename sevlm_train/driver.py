@@ -161,10 +161,11 @@ def run_training(
     output = Path(output).absolute()
     storage = storage or str(output / "ray")
     example = ExampleConfig.for_model(model_cfg, source.lexicon, seed=train_cfg.seed)
+    data_info = {**source.describe(), "seed": data_seed, "text_prep": dataclasses.asdict(prep)}
     params = {
         "model": model_cfg.to_dict(),
         "train": train_cfg.to_dict(),
-        "data": {**source.describe(), "seed": data_seed, "text_prep": dataclasses.asdict(prep)},
+        "data": data_info,
         "scaling": {**dataclasses.asdict(scaling), "num_workers": config.num_workers},
     }
     run_id, created = find_or_create_run(uri, experiment, name, params, parent_run_id)
@@ -211,7 +212,7 @@ def run_training(
         outcome = TrainOutcome(
             name,
             run_id,
-            *_finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id),
+            *_finish(result, pipeline, model_cfg, train_cfg, data_info, output, uri, run_id),
         )
     except BaseException as e:  # Ctrl-C too: the MLflow run must not stay RUNNING
         mark_failed(uri, run_id, e)
@@ -234,7 +235,7 @@ def mark_failed(uri: str, run_id: str, error: BaseException | str) -> None:
         print(f"warning: could not mark MLflow run {run_id} failed: {e}")
 
 
-def _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id) -> tuple:
+def _finish(result, pipeline, model_cfg, train_cfg, data_info, output, uri, run_id) -> tuple:
     """Export the best checkpoint, log it, close the run: ``(model_dir, model_uri, metrics)``."""
     best = result.get_best_checkpoint(train_cfg.select_metric, train_cfg.select_mode)
     best_metrics = next(
@@ -244,7 +245,7 @@ def _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id)
     if best is None:
         raise RuntimeError(f"the run finished without a checkpoint ({result.path})")
     metrics = {k: v for k, v in best_metrics.items() if isinstance(v, int | float)}
-    model_dir = export_model(best, model_cfg, source, output / "model", train_cfg, metrics)
+    model_dir = export_model(best, model_cfg, data_info, output / "model", train_cfg, metrics)
     model_uri = log_model(uri, run_id, model_dir)
     client = client_for(uri)
     client.set_tag(run_id, MODEL_URI_TAG, model_uri)
@@ -260,26 +261,30 @@ def _finish(result, pipeline, model_cfg, train_cfg, source, output, uri, run_id)
 def export_model(
     checkpoint: ray.train.Checkpoint,
     model_cfg: ModelConfig,
-    source: DataSource,
+    data_info: dict[str, Any],
     target: Path,
     train_cfg: TrainConfig,
     metrics: dict[str, Any],
 ) -> Path:
-    """Write a checkpoint's model as a model directory, atomically (a folder swapped in)."""
+    """Write a checkpoint's model as a model directory, atomically (a folder swapped in).
+
+    ``data_info`` (the source's paths, split seed, text preparation) is kept in the model's
+    config.json, so an evaluation can default to the same data and split."""
     tokenizer = load_tokenizer(model_cfg.tokenizer)
     model = build_model(model_cfg.without_pretrained(), tokenizer)
     with checkpoint.as_directory() as folder:
         load_weights(model, Path(folder) / WEIGHTS_FILE)
     # the config as trained (where the pretrained weights came from), not as rebuilt
     model.config = model_cfg
-    lexicon = read_lexicon(source.lexicon) if source.lexicon else VADLexicon({})
+    lexicon = read_lexicon(data_info["lexicon"]) if data_info.get("lexicon") else VADLexicon({})
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".model-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; a model folder is for others to read
     try:
         save_pretrained(
-            model, staging, tokenizer, lexicon, training=train_cfg.to_dict(), metrics=metrics
-        )
+            model, staging, tokenizer, lexicon, training=train_cfg.to_dict(), metrics=metrics,
+            data=data_info,
+        )  # fmt: skip
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

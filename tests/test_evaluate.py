@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_metrics import toolkit_scores
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.cli import main
 from sevlm.config import ModelConfig, TrainConfig
 from sevlm.emotion_classifier import EmotionClassifier
+from sevlm.evaluate import log_evaluation, references
 from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
 from sevlm.lexicon import read_lexicon
 from sevlm.tokenizer import load_tokenizer
@@ -119,34 +121,51 @@ def test_evaluate_beats_the_baseline_and_writes_everything(
     assert report["unique_ratio"] >= base["unique_ratio"] + 0.3
     for key in ("bleu4", "meteor", "rouge_l"):  # one common sentence is a strong n-gram floor
         assert report[key] > base[key], key
-    for name in ("report.md", "confusion.png", "per_emotion.png", "valence_arousal.png"):
+    for name in ("report.md", "report.confusion.png", "report.per_emotion.png",
+                 "report.valence_arousal.png"):  # fmt: skip
         assert (out.parent / name).stat().st_size > 0, name
     assert "| emotion_accuracy |" in (out.parent / "report.md").read_text()
+    # The report's caption scores are the toolkit's own on the report's generations.
+    by_key = {(p.art_style, p.painting): p for p in test}
+    said = {f"{g['art_style']}/{g['painting']}": g["explanation"] for g in report["generations"]}
+    refs = {f"{g['art_style']}/{g['painting']}": references(by_key[g["art_style"], g["painting"]])
+            for g in report["generations"]}  # fmt: skip
+    direct = toolkit_scores(said, refs)
+    for key, value in direct.items():
+        assert report[key] == pytest.approx(float(value), abs=1e-12), key
     # No run logged the model: a new evaluation run gets the figures and the files.
     client = client_for(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("sevlm").experiment_id])
     assert run.data.metrics["eval_test/cider"] == pytest.approx(report["cider"])
     assert run.data.metrics["eval_test/baseline_cider"] == pytest.approx(base["cider"])
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation/test")}
-    assert "evaluation/test/confusion.png" in logged and "evaluation/test/report.json" in logged
+    assert {"evaluation/test/report.confusion.png", "evaluation/test/report.json"} <= logged
+    # A run id from another store (a downloaded MLmodel's): a new evaluation run here instead.
+    other = log_evaluation(report, [], uri, "0" * 32)
+    assert other != run.info.run_id and client.get_run(other).data.metrics["eval_test/cider"]
 
 
 def test_evaluate_counts_unreadable_images_and_trains_its_classifier(
     trained: Path, sample, tmp_path: Path, capsys
 ) -> None:
     data_dir = Path(shutil.copytree(sample.out, tmp_path / "data"))
+    capsys.readouterr()
     val = load_artemis(DataSource.resolve(data=str(data_dir))).split("val")
     val[0].image.write_bytes(b"not an image")
+    # A model that says what it was trained on is evaluated on that data by default.
+    model = Path(shutil.copytree(trained, tmp_path / "model"))
+    info = json.loads((model / "config.json").read_text())
+    info["data"] = {**DataSource.resolve(data=str(data_dir)).describe(), "seed": 0}
+    (model / "config.json").write_text(json.dumps(info))
     out = tmp_path / "report.json"
-    code = main(["evaluate", "--model", str(trained), "--data", str(data_dir),
-                 "--split", "val", "--out", str(out)])  # fmt: skip
-    assert code == 0
+    assert main(["evaluate", "--model", str(model), "--split", "val", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"the model's training data ({data_dir}" in err and "no text classifier" in err
     report = json.loads(out.read_text())
     assert report["images_skipped"] == {"missing_image": 0, "unreadable_image": 1}
     assert report["n_images"] == len(val) - 1 == report["images_in_split"] - 1
     kept = EmotionClassifier.load(data_dir / "emotion-classifier")  # beside the data
     assert kept.meta["data"]["split_seed"] == 0
-    assert "no text classifier" in capsys.readouterr().err
     main(["evaluate", "--model", str(trained), "--data", str(data_dir), "--split", "val",
           "--out", str(out)])  # fmt: skip
     assert "no text classifier" not in capsys.readouterr().err  # reused, not retrained
@@ -208,3 +227,10 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["explain", "--model", str(tmp_path), "x.jpg"]) == 2
     assert "neither a sevlm model directory" in capsys.readouterr().err
     assert main(["explain", "--model", str(tmp_path), "--beams", "0", "x.jpg"]) == 2
+    assert "--beams must be >= 1" in capsys.readouterr().err
+    assert main(["explain", "--model", str(tmp_path), "--batch-size", "0", "x.jpg"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+    for out in ("report.md", "folder"):
+        (tmp_path / "folder").mkdir(exist_ok=True)
+        code = main(["evaluate", "--model", str(tmp_path), "--out", str(tmp_path / out)])
+        assert code == 2 and f"--out {tmp_path / out}" in capsys.readouterr().err

@@ -145,6 +145,8 @@ def test_accuracy_exclusions_per_emotion_and_confusion() -> None:
     assert row("awe")[columns.index("awe")] == 1 and row("awe")[columns.index("fear")] == 1
     assert row("sadness")[columns.index("unknown")] == 1
     assert sum(map(sum, out["confusion"])) == 4
+    none_scored = emotion_accuracy({"p4": "anger"}, {"p4": annotations["p4"]})
+    assert none_scored["emotion_accuracy"] is None and none_scored["images_excluded"] == 1
 
 
 def test_vad_distance_and_unique_ratio() -> None:

@@ -10,7 +10,6 @@ from sevlm.config import ModelConfig, TrainConfig
 from sevlm.examples import ExampleConfig, iter_batches
 from sevlm.generate import Decoder
 from sevlm.lexicon import read_lexicon
-from sevlm.metrics import dominant_emotion, emotion_accuracy
 from sevlm.tokenizer import load_tokenizer
 from sevlm.training import (
     Stepper,
@@ -109,18 +108,6 @@ def test_sharded_evaluation_equals_one_process(setup) -> None:
     assert split.keys() == whole.keys()
     for key, value in whole.items():
         assert split[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
-
-
-def test_dominant_emotion_and_accuracy() -> None:
-    assert dominant_emotion(["awe", "awe", "fear"]) == "awe"
-    assert dominant_emotion(["awe", "awe", "fear", "fear"]) is None  # exactly half: none
-    assert dominant_emotion(["awe", "fear", "anger"]) is None  # a tie
-    assert dominant_emotion([]) is None
-    result = emotion_accuracy(
-        {"a": "awe", "b": "fear", "c": "awe"},
-        {"a": ["awe", "awe", "fear"], "b": ["awe", "awe", "awe"], "c": ["awe", "fear"]},
-    )
-    assert result == {"emotion_accuracy": 0.5, "images_scored": 2, "images_excluded": 1}
 
 
 @pytest.mark.parametrize(
