@@ -393,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain every image of a split once, then score: emotion accuracy, "
         "BLEU-1..4, METEOR, ROUGE-L, CIDEr, emotional alignment, VAD distance, unique ratio. "
         "Writes a JSON report, a Markdown summary and plots; logs them to MLflow when a "
-        "tracking URI is set or the model came from MLflow. Without data options: the "
-        "embedded sample.",
+        "tracking URI is set or the model came from MLflow. Without data options: the data "
+        "the model was trained on (its config.json says), else the embedded sample; --seed "
+        "defaults to the model's split seed.",
     )
     add_model_args(evaluate)
     add_data_args(evaluate)
