@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from sevlm.config import SearchConfig
-from sevlm.tracking import client_for, find_or_create_run, find_run
+from sevlm.tracking import client_for, find_or_create_run, find_run, redact
 from sevlm_train.driver import (
     ERROR_TAG,
     MODEL_URI_TAG,
@@ -280,7 +280,7 @@ def format_summary(outcome: SweepOutcome, spec: SweepSpec) -> str:
                    f"({', '.join(f'{k}={_fmt(v)}' for k, v in c.params.items())})")  # fmt: skip
         copy = Path(spec.output) / spec.name / "trials" / c.trial_id / "model"
         out.append(f"best model: {outcome.registered} ({c.model_uri}), a copy in {copy}")
-    uri = spec.tracking_uri
+    uri = redact(spec.tracking_uri)
     ui = (
         f"open {uri}"
         if uri.startswith("http")
@@ -290,10 +290,8 @@ def format_summary(outcome: SweepOutcome, spec: SweepSpec) -> str:
     if outcome.registered:
         out += [
             "use the best model:",
-            f'  MLFLOW_TRACKING_URI={spec.tracking_uri} python -c "import mlflow, pandas as pd; '
-            "from sevlm.mlflow_model import encode_image; "
-            f"m = mlflow.pyfunc.load_model('{outcome.registered}'); "
-            "print(m.predict(pd.DataFrame({'image': [encode_image('painting.jpg')]})))\"",
+            f"  sevlm explain --model {outcome.registered} --tracking-uri {uri} painting.jpg",
+            f"  sevlm evaluate --model {outcome.registered} --tracking-uri {uri}",
         ]
     return "\n".join(out)
 
