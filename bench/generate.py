@@ -1,0 +1,95 @@
+"""Benchmark: explanations/s of KV-cached decoding vs uncached decoding (the whole prefix re-run
+at every step, as the released code does), side by side in one run, and of beam search.
+
+    python bench/generate.py [--preset tiny] [--batch 32] [--new-tokens 25] [--repeats 3]
+
+The model is randomly initialised (generation costs the same with trained weights) and never
+stops early: ``<eos>``'s logit is set to -inf, so every text is exactly ``--new-tokens`` long
+in every setting. Before any figure is printed, cached and uncached
+decoding must give the same tokens. The ratio is the target of issue 7: cached at least 5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+from sevlm.config import ModelConfig
+from sevlm.generate import Decoder
+from sevlm.lexicon import VADLexicon
+from sevlm.tokenizer import load_tokenizer
+from sevlm.weights import build_model
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """The median wall time of ``repeats`` calls after one warm-up call, and the last result."""
+    result = fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=25)
+    parser.add_argument("--beams", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer()
+    config = ModelConfig.preset(args.preset).without_pretrained()
+    model = build_model(config, tokenizer).to(device).eval()
+    lm_head = model.logits
+
+    def never_eos(hidden: torch.Tensor) -> torch.Tensor:  # every text gets --new-tokens tokens
+        return lm_head(hidden).index_fill(-1, eos, float("-inf"))
+
+    eos = torch.tensor([tokenizer.eos_token_id], device=device)
+    model.logits = never_eos
+    decoder = Decoder(model, tokenizer, VADLexicon({}))
+    pixels = torch.randn(args.batch, 3, config.image_size, config.image_size, device=device)
+    with torch.no_grad():
+        memory = model.encode_images(pixels)
+
+    def run(**kwargs):
+        return lambda: decoder.generate(memory, args.new_tokens, **kwargs)
+
+    cached_s, cached = timed(run(use_cache=True), args.repeats)
+    uncached_s, uncached = timed(run(use_cache=False), args.repeats)
+    beam_s, _ = timed(run(use_cache=True, beams=args.beams), args.repeats)
+    if cached != uncached or any(len(r) != args.new_tokens for r in cached):
+        print("error: cached and uncached decoding disagree", file=sys.stderr)
+        return 1
+    rate = lambda s: args.batch / s  # noqa: E731
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {device.type}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}, "
+        f"batch {args.batch}, {args.new_tokens} new tokens, median of {args.repeats}"
+    )
+    print("| decoding | s per batch | explanations/s |")
+    print("|---|---:|---:|")
+    print(f"| uncached (prefix re-run each step) | {uncached_s:.3f} | {rate(uncached_s):.1f} |")
+    print(f"| KV-cached greedy | {cached_s:.3f} | {rate(cached_s):.1f} |")
+    print(f"| KV-cached beam search, {args.beams} beams | {beam_s:.3f} | {rate(beam_s):.1f} |")
+    print(f"cached / uncached: {uncached_s / cached_s:.2f}x (target >= 5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
