@@ -28,7 +28,7 @@ from sevlm.emotion_classifier import (
     EmotionClassifier,
     train_classifier,
 )
-from sevlm.examples import ExampleConfig
+from sevlm.examples import ExampleConfig, decode_batch
 from sevlm.generate import MAX_NEW_TOKENS, Decoder
 from sevlm.lexicon import VADLexicon
 from sevlm.metrics import (
@@ -79,32 +79,27 @@ def generate_split(
     """Explain each painting once; images that cannot be read are skipped and counted."""
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    transform = ExampleConfig.for_model(loaded.model.config).transform
+    example = ExampleConfig.for_model(loaded.model.config)
     decoder = Decoder(loaded.model, loaded.tokenizer, loaded.lexicon)
     device = next(loaded.model.parameters()).device
     out: list[Generated] = []
-    skipped: Counter[str] = Counter()
+    skipped = {"missing_image": 0, "unreadable_image": 0}
     started = time.perf_counter()
     for start in range(0, len(paintings), batch_size):
-        chunk, pixels = [], []
-        for painting in paintings[start : start + batch_size]:
-            try:
-                pixels.append(torch.as_tensor(transform.load(painting.image)))
-                chunk.append(painting)
-            except FileNotFoundError:
-                skipped["missing_image"] += 1
-            except Exception:  # any decode failure is a counted skip, never a crash
-                skipped["unreadable_image"] += 1
-        if chunk:
-            said = decoder.explain(torch.stack(pixels).to(device), max_new_tokens, beams=beams)
-            out += [
-                Generated(p, s.emotion, s.explanation) for p, s in zip(chunk, said, strict=True)
-            ]
+        chunk = paintings[start : start + batch_size]
+        batch = {"key": list(range(len(chunk))), "image": [str(p.image) for p in chunk]}
+        decoded, dropped = decode_batch(batch, example)  # unreadable images: counted, not fatal
+        for reason, keys in dropped.items():
+            skipped[reason] += len(keys)
+        if decoded["key"]:
+            pixels = torch.as_tensor(decoded["pixel_values"]).to(device)
+            said = decoder.explain(pixels, max_new_tokens, beams=beams)
+            kept = [chunk[i] for i in decoded["key"]]
+            out += [Generated(p, s.emotion, s.explanation) for p, s in zip(kept, said, strict=True)]
         done = min(start + batch_size, len(paintings))
         rate = done / max(time.perf_counter() - started, 1e-9)
         progress(f"explained {done}/{len(paintings)} images ({rate:.1f} images/s)")
-    return out, {"missing_image": skipped["missing_image"],
-                 "unreadable_image": skipped["unreadable_image"]}  # fmt: skip
+    return out, skipped
 
 
 def references(painting: Painting) -> list[str]:
