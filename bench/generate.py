@@ -1,6 +1,11 @@
 """Benchmark: explanations/s of KV-cached decoding vs uncached decoding (the whole prefix re-run
 at every step, as the released code does), side by side in one run, and of beam search.
 
+Two uncached settings: as released (GPT-2's LM head scores every position of the prefix at
+every step, and the last one is read), and a kinder one that scores the last position only,
+so the share of the cache itself is visible. Neither re-runs the image encoder at each step,
+which the released code also does.
+
     python bench/generate.py [--preset tiny] [--batch 32] [--new-tokens 25] [--repeats 3]
 
 The model is randomly initialised (generation costs the same with trained weights) and never
@@ -58,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     lm_head = model.logits
 
     def never_eos(hidden: torch.Tensor) -> torch.Tensor:  # every text gets --new-tokens tokens
+        if last_only and hidden.dim() == 3:
+            hidden = hidden[:, -1:]
         return lm_head(hidden).index_fill(-1, eos, float("-inf"))
 
     eos = torch.tensor([tokenizer.eos_token_id], device=device)
+    last_only = False
     model.logits = never_eos
     decoder = Decoder(model, tokenizer, VADLexicon({}))
     pixels = torch.randn(args.batch, 3, config.image_size, config.image_size, device=device)
@@ -72,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     cached_s, cached = timed(run(use_cache=True), args.repeats)
     uncached_s, uncached = timed(run(use_cache=False), args.repeats)
+    last_only = True
+    last_s, last = timed(run(use_cache=False), args.repeats)
+    last_only = False
     beam_s, _ = timed(run(use_cache=True, beams=args.beams), args.repeats)
-    if cached != uncached or any(len(r) != args.new_tokens for r in cached):
+    if cached != uncached or cached != last or any(len(r) != args.new_tokens for r in cached):
         print("error: cached and uncached decoding disagree", file=sys.stderr)
         return 1
     rate = lambda s: args.batch / s  # noqa: E731
@@ -84,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| decoding | s per batch | explanations/s |")
     print("|---|---:|---:|")
-    print(f"| uncached (prefix re-run each step) | {uncached_s:.3f} | {rate(uncached_s):.1f} |")
+    print(f"| uncached, as released (prefix re-run, every position scored) | {uncached_s:.3f} "
+          f"| {rate(uncached_s):.1f} |")  # fmt: skip
+    print(f"| uncached, last position scored only | {last_s:.3f} | {rate(last_s):.1f} |")
     print(f"| KV-cached greedy | {cached_s:.3f} | {rate(cached_s):.1f} |")
     print(f"| KV-cached beam search, {args.beams} beams | {beam_s:.3f} | {rate(beam_s):.1f} |")
-    print(f"cached / uncached: {uncached_s / cached_s:.2f}x (target >= 5x)")
+    print(f"cached / uncached as released: {uncached_s / cached_s:.2f}x (target >= 5x)")
+    print(f"cached / uncached, last position only: {last_s / cached_s:.2f}x")
     return 0
 
 

@@ -4,8 +4,9 @@ Every image starts from the same prompt, ``<bos> the emotion is``, so a batch st
 and needs no padding. The segment switches to the explanation when `` because`` is produced.
 Each new token's VAD is its word's, looked up on the text written so far, so it depends on
 tokens up to that position only: the cached path (each layer's keys and values, and the VAD
-encoder's, extended one token at a time) and the uncached path (the whole prefix re-run at
-every step, as the released code does) see the same inputs and give the same tokens.
+encoder's, extended one token at a time) and the uncached path (the whole prefix re-run and
+scored at every step, as the released code does) see the same inputs and give the same
+tokens.
 
 Greedy decoding (``beams=1``) writes one text per image. Beam search keeps several texts per
 image, each with its own segment and VAD; after every step the texts, with their caches or
@@ -241,9 +242,11 @@ class _Texts:
         model = self.decoder.model
         if self.use_cache:
             hidden, self.state = model.decode(*self.unread, self.memory, self.state)
-        else:
-            hidden, _ = model.decode(*self.inputs, self.memory)
-        return model.logits(hidden[:, -1])
+            return model.logits(hidden[:, -1])
+        # As the released code does: the whole prefix is re-read, and GPT-2's LM head scores
+        # every position before the last one is taken.
+        hidden, _ = model.decode(*self.inputs, self.memory)
+        return model.logits(hidden)[:, -1]
 
     def append(self, token: Tensor) -> None:
         """Write one more token ``[N]`` on every text."""

@@ -33,6 +33,9 @@ class DropCounter:
     def get(self) -> dict[str, int]:
         return {reason: len(keys) for reason, keys in sorted(self.keys.items())}
 
+    def get_keys(self) -> dict[str, list[str]]:
+        return {reason: sorted(keys) for reason, keys in sorted(self.keys.items())}
+
 
 @dataclass
 class Pipeline:
