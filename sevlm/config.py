@@ -111,6 +111,9 @@ class ModelConfig:
         return _from_dict(cls, {**preset_values(name)["model"], **overrides})
 
 
+COMPILE_BACKENDS = ("off", "inductor", "aot_eager")
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained. Defaults follow the released recipe."""
@@ -131,6 +134,12 @@ class TrainConfig:
     """Clip the gradient norm to this; 0 turns clipping off."""
     precision: str = "auto"
     """auto (bf16 on Ampere+ GPUs, fp16 + grad scaler on older ones, fp32 on CPU) or a dtype."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step: each worker's batch is split in this many parts, each
+    run forward and backward in turn, so a batch too big for the GPU keeps its size."""
+    compile: str = "off"
+    """off, or the ``torch.compile`` backend the model runs through: inductor (generates code;
+    minutes of warm-up on CPU, see bench/RESULTS.md) or aot_eager (traces only)."""
     val_every: int = 200
     """Steps between validations (each writes a checkpoint)."""
     val_max_images: int | None = None
@@ -149,11 +158,19 @@ class TrainConfig:
     """Steps between training-metric logs."""
     seed: int = 0
     """Seed of initialisation, data order and pairing."""
+    feature_cache: bool = True
+    """With a frozen image encoder, encode every image once into a cache read by all runs."""
 
     def __post_init__(self) -> None:
         checks = [
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.compile in COMPILE_BACKENDS, f"compile: one of {', '.join(COMPILE_BACKENDS)}"),
+            (
+                self.batch_size % max(self.grad_accum, 1) == 0,
+                "batch_size: a multiple of grad_accum",
+            ),
             (self.lr > 0 and self.lr_vad > 0, "learning rates must be > 0"),
             (self.val_every >= 1 and self.log_every >= 1, "val_every, log_every must be >= 1"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision: auto|fp32|bf16|fp16"),

@@ -17,6 +17,7 @@ import numpy as np
 
 from sevlm.artemis import Painting
 from sevlm.config import ModelConfig
+from sevlm.feature_cache import FeatureCache, attach_features
 from sevlm.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.sequences import SequenceBuilder, encode_pair
@@ -131,13 +132,24 @@ def encode_batch(batch: dict, config: ExampleConfig, epoch: int) -> dict:
 
 
 def iter_batches(
-    paintings: list[Painting], config: ExampleConfig, batch_size: int, epoch: int = 0
+    paintings: list[Painting],
+    config: ExampleConfig,
+    batch_size: int,
+    epoch: int = 0,
+    features: FeatureCache | None = None,
 ) -> Iterator[dict]:
-    """Model-input batches in one process: the pipeline's transforms without Ray."""
+    """Model-input batches in one process: the pipeline's transforms without Ray.
+
+    With ``features`` (a frozen encoder's cache), batches carry ``image_features`` instead of
+    decoded ``pixel_values``; paintings the cache lacks are left out, as unreadable images are.
+    """
     records = painting_records(paintings)
     for start in range(0, len(records["key"]), batch_size):
         batch = {k: v[start : start + batch_size] for k, v in records.items()}
-        decoded, _ = decode_batch(batch, config)
+        if features is None:
+            decoded, _ = decode_batch(batch, config)
+        else:
+            decoded, _ = attach_features(batch, features)
         if len(decoded["key"]):
             yield encode_batch(decoded, config, epoch)
 

@@ -3,17 +3,41 @@
 Painting records go to Ray Data through ``ray.data.from_huggingface``; decoding and tokenizing
 are ``map_batches`` stages with fractional CPUs, so they share a small machine with training
 workers. Images that fail to decode are dropped and counted by a zero-CPU actor.
+
+With a frozen encoder, :func:`cache_features` runs it once over the images (an actor pool,
+on GPUs when the cluster has them) into a :mod:`sevlm.feature_cache`, and
+``build_pipeline(..., features=folder)`` reads features from it instead of decoding pixels.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import datasets
+import numpy as np
 import ray
+import torch
 
 from sevlm.artemis import SPLITS, ArtemisData
+from sevlm.config import ModelConfig
 from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
+from sevlm.feature_cache import (
+    FeatureCache,
+    attach_features,
+    cache_key,
+    data_fingerprint,
+    encoder_features,
+    encoder_name,
+    load_cached,
+    training_encoder,
+    write_cache,
+)
+from sevlm.model import ImageEncoder
+from sevlm.training import autocast_dtype
 
 
 @ray.remote(num_cpus=0)
@@ -57,17 +81,28 @@ def build_pipeline(
     splits: tuple[str, ...] = SPLITS,
     batch_size: int = 32,
     num_cpus: float = 0.25,
+    features: Path | str | None = None,
 ) -> Pipeline:
     """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``.
 
     With ``epoch=None`` the datasets stop after decoding: rows keep their ``annotations`` and
     the consumer draws each epoch's pairs itself (:func:`sevlm.examples.encode_batch`), as the
     trainer does, since one dataset serves every epoch.
+
+    With ``features`` (a feature cache folder, see :func:`cache_features`) rows carry the
+    cached ``image_features`` instead of ``pixel_values``: no image is decoded. Paintings the
+    cache lacks are dropped and counted by the reason it recorded.
     """
     counter = DropCounter.remote()
 
     def decode(batch: dict) -> dict:
         out, dropped = decode_batch(batch, config)
+        for reason, keys in dropped.items():
+            ray.get(counter.add.remote(reason, keys))
+        return out
+
+    def lookup(batch: dict) -> dict:
+        out, dropped = attach_features(batch, load_cached(str(features)))
         for reason, keys in dropped.items():
             ray.get(counter.add.remote(reason, keys))
         return out
@@ -82,5 +117,119 @@ def build_pipeline(
         opts = {"batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus}
         if epoch is not None:
             ds = ds.map_batches(encode, **opts)
-        result[split] = ds.map_batches(decode, **opts)
+        result[split] = ds.map_batches(decode if features is None else lookup, **opts)
     return Pipeline(result, counter)
+
+
+# ---- the frozen encoder's feature cache ----
+
+
+class EncoderActor:
+    """Ray Data actor: pixels -> fp16 encoder features (before the projection), keyed.
+
+    The encoder comes from the model config and the driver's weights, passed through the
+    object store (``state``: a one-element list holding the reference), so every actor runs
+    the very weights the cache key was computed from, and none fetches from a model hub.
+    """
+
+    def __init__(self, model: dict[str, Any], state: list[ray.ObjectRef]) -> None:
+        config = ModelConfig.from_dict(model).without_pretrained()
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder = ImageEncoder(config)
+        self.encoder.clip.load_state_dict(ray.get(state[0]))
+        self.encoder.to(self.device).eval()
+        self.dtype = autocast_dtype("auto", self.device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        pixels = torch.as_tensor(batch["pixel_values"]).to(self.device, non_blocking=True)
+        dtype = self.dtype or torch.float32  # autocast is off on CPU: fp32
+        with torch.no_grad(), torch.autocast(self.device.type, dtype, self.dtype is not None):
+            features = encoder_features(self.encoder, pixels)
+        return {"key": batch["key"], "features": features.to(torch.float16).cpu().numpy()}
+
+
+def cache_features(
+    data: ArtemisData,
+    example: ExampleConfig,
+    model_cfg: ModelConfig,
+    seed: int,
+    root: Path | str,
+    *,
+    splits: tuple[str, ...] = ("train", "val"),
+    batch_size: int = 32,
+    num_cpus: float = 0.25,
+    printer: Callable[[str], None] = print,
+) -> Path:
+    """The feature cache folder of ``splits`` for the encoder a training worker builds with
+    ``model_cfg`` and ``seed``; computed with Ray Data unless it is there already.
+
+    Images are decoded by fractional-CPU tasks (failures dropped, counted and recorded in
+    the cache) and encoded by an actor pool: one actor per GPU of the cluster, else one.
+    """
+    encoder = training_encoder(model_cfg, seed)
+    records = painting_records([p for s in splits for p in data.split(s)])
+    fingerprint = data_fingerprint(dict(zip(records["key"], records["image"], strict=True)))
+    key = cache_key(encoder, example, encoder_name(model_cfg), fingerprint)
+    hit = FeatureCache.open(root, key)
+    if hit is not None:
+        printer(f"feature cache hit: {hit.path} ({len(hit)} paintings)")
+        return hit.path
+    total = len(records["key"])
+    printer(f"feature cache: encoding {total} paintings ({', '.join(splits)}) into {root}")
+    counter = DropCounter.remote()
+    features = _encoded(records, example, model_cfg, encoder, counter, batch_size, num_cpus)
+    path = write_cache(
+        root, key, _progress(features, total, printer), total,
+        dropped=lambda: ray.get(counter.get_keys.remote()),
+    )  # fmt: skip
+    printer(f"feature cache written: {path}")
+    return path
+
+
+def _encoded(
+    records: dict[str, list],
+    example: ExampleConfig,
+    model_cfg: ModelConfig,
+    encoder: ImageEncoder,
+    counter: ray.actor.ActorHandle,
+    batch_size: int,
+    num_cpus: float,
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stream ``(keys, features)`` batches: decode tasks, then the encoder's actor pool."""
+
+    def decode(batch: dict) -> dict:
+        out, dropped = decode_batch(batch, example)
+        for reason, keys in dropped.items():
+            ray.get(counter.add.remote(reason, keys))
+        return {"key": out["key"], "pixel_values": out["pixel_values"]}
+
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    state = ray.put({k: v.detach().cpu() for k, v in encoder.clip.state_dict().items()})
+    ds = ray.data.from_huggingface(datasets.Dataset.from_dict(records))
+    ds = ds.map_batches(
+        decode, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus
+    ).map_batches(
+        EncoderActor,
+        fn_constructor_kwargs={"model": model_cfg.to_dict(), "state": [state]},
+        compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
+        num_gpus=1 if gpus else 0,
+        num_cpus=1.0 if gpus else 0.5,
+        batch_size=batch_size,
+        batch_format="numpy",
+    )
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        yield [str(k) for k in batch["key"]], batch["features"]
+
+
+def _progress(
+    batches: Iterator[tuple[list[str], np.ndarray]], total: int, printer: Callable[[str], None]
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Pass batches through, printing how many images are done every 30 s (and at the end)."""
+    done, last = 0, time.monotonic()
+    for keys, features in batches:
+        done += len(keys)
+        if time.monotonic() - last >= 30:
+            printer(f"feature cache: {done}/{total} images")
+            last = time.monotonic()
+        yield keys, features
+    printer(f"feature cache: {done}/{total} images encoded")

@@ -17,12 +17,15 @@ from torch import nn
 from sevlm.artemis import Painting
 from sevlm.config import TrainConfig
 from sevlm.examples import ExampleConfig, iter_batches
+from sevlm.feature_cache import FeatureCache
 from sevlm.generate import Decoder
 from sevlm.metrics import bleu, emotion_accuracy
 from sevlm.model import SEVLM
 
 MODEL_INPUTS = ("pixel_values", "input_ids", "labels", "segment_ids", "vad", "vad_mask", "has_pair")
 LOSS_TERMS = ("loss", "lm_loss", "vad_loss", "cl_loss")
+IMAGE_FEATURES = "image_features"
+"""A frozen encoder's cached output (:mod:`sevlm.feature_cache`), in place of the pixels."""
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -60,13 +63,21 @@ def linear_schedule(config: TrainConfig):
 
 
 class Stepper:
-    """One optimizer step: autocast forward, (scaled) backward, clip, step, schedule.
+    """One optimizer step: autocast forward, (scaled) backward over ``grad_accum``
+    micro-batches, clip, step, schedule.
 
-    ``model`` may be wrapped (DDP); ``module`` is the bare model, for parameter groups.
+    ``model`` may be wrapped (DDP); ``module`` is the bare model, for parameter groups. With
+    ``config.compile`` the forward runs through ``torch.compile``.
+
+    Each micro-batch's loss is its own mean, weighted ``1 / grad_accum``: the same gradient as
+    the whole batch when the parts hold as many tokens, close to it otherwise. The contrastive
+    negatives of a micro-batch come from that micro-batch (across workers).
     """
 
     def __init__(self, model: nn.Module, module: SEVLM, config: TrainConfig, device: torch.device):
-        self.model, self.config, self.device = model, config, device
+        compiled = config.compile != "off"
+        self.model = torch.compile(model, backend=config.compile) if compiled else model
+        self.config, self.device = config, device
         self.dtype = autocast_dtype(config.precision, device)
         self.optimizer = torch.optim.AdamW(
             parameter_groups(module, config), fused=device.type == "cuda"
@@ -81,10 +92,19 @@ class Stepper:
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.train()
-        with self.autocast():
-            out = self.model(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.loss).backward()
+        parts = micro_batches(batch, self.config.grad_accum)
+        terms: dict[str, torch.Tensor] = {}
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            # DDP all-reduces gradients on the last micro-batch's backward only
+            with nullcontext() if last else getattr(self.model, "no_sync", nullcontext)():
+                with self.autocast():
+                    out = self.model(part)
+                self.scaler.scale(out.loss / len(parts)).backward()
+            for k in LOSS_TERMS:
+                if getattr(out, k) is not None:
+                    terms[k] = terms.get(k, 0.0) + getattr(out, k).detach() / len(parts)
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         clip = self.config.grad_clip or math.inf
@@ -93,9 +113,8 @@ class Stepper:
         self.scaler.update()
         self.scheduler.step()
         # Tensors, not floats: reading them waits for the GPU, so only do that when logging.
-        metrics = {f"train/{k}": getattr(out, k) for k in LOSS_TERMS}
-        metrics["train/grad_norm"] = grad_norm
-        metrics = {k: v.detach() for k, v in metrics.items() if v is not None}
+        metrics = {f"train/{k}": v for k, v in terms.items()}
+        metrics["train/grad_norm"] = grad_norm.detach()
         metrics["train/lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
@@ -112,9 +131,36 @@ class Stepper:
         self.scaler.load_state_dict(state["scaler"])
 
 
+def micro_batches(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
+    """``batch`` split along its first dimension into ``parts`` batches, none empty."""
+    size = len(next(iter(batch.values())))
+    if parts > size:
+        raise ValueError(f"cannot split a batch of {size} into {parts} micro-batches")
+    if parts == 1:
+        return [batch]
+    split = {k: torch.tensor_split(v, parts) for k, v in batch.items()}
+    return [{k: v[i] for k, v in split.items()} for i in range(parts)]
+
+
 def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
-    """The model's inputs of a numpy batch, as tensors on ``device``."""
-    return {k: torch.as_tensor(batch[k]).to(device, non_blocking=True) for k in MODEL_INPUTS}
+    """The model's inputs of a numpy batch, as tensors on ``device``.
+
+    A batch read from a frozen encoder's feature cache carries ``image_features`` (fp16,
+    before the projection), which then replace ``pixel_values``.
+    """
+    names = MODEL_INPUTS
+    if IMAGE_FEATURES in batch:
+        names = (IMAGE_FEATURES, *(k for k in MODEL_INPUTS if k != "pixel_values"))
+    return {k: torch.as_tensor(batch[k]).to(device, non_blocking=True) for k in names}
+
+
+def image_memory(model: SEVLM, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The cross-attention memory of a batch: projected cached features, or the encoder's
+    output on the pixels."""
+    if IMAGE_FEATURES in tensors:
+        features = tensors[IMAGE_FEATURES].to(model.wte.weight.dtype)
+        return model.image_encoder.proj(features)
+    return model.encode_images(tensors["pixel_values"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,17 +186,21 @@ def evaluate_shard(
     batch_size: int = 32,
     max_new_tokens: int = 25,
     autocast=nullcontext,
+    features: FeatureCache | None = None,
 ) -> dict[str, Any]:
-    """Loss sums and generations for a shard of images: partial results for :func:`reduce_eval`."""
+    """Loss sums and generations for a shard of images: partial results for :func:`reduce_eval`.
+
+    With ``features`` (a frozen encoder's cache) the images are not decoded nor encoded.
+    """
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     n_images, predictions = 0, {}
-    for batch in iter_batches(paintings, example_config, batch_size, epoch=0):
+    for batch in iter_batches(paintings, example_config, batch_size, epoch=0, features=features):
         tensors = to_device(batch, device)
         with autocast():
-            memory = model.encode_images(tensors["pixel_values"])
+            memory = image_memory(model, tensors)
             out = model({**tensors, "image_tokens": memory})
         b = len(batch["key"])
         n_images += b

@@ -26,8 +26,10 @@ from ray.train.torch import TorchTrainer
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
 from sevlm.examples import ExampleConfig
+from sevlm.feature_cache import FeatureCache
 from sevlm.lexicon import VADLexicon, read_lexicon
-from sevlm.pipeline import build_pipeline
+from sevlm.pipeline import build_pipeline, cache_features
+from sevlm.sample import cache_root
 from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import (
@@ -133,11 +135,15 @@ def run_training(
     parent_run_id: str | None = None,
     data: ArtemisData | None = None,
     callbacks: list | None = None,
+    feature_cache: Path | str | None = None,
     printer: Printer = print,
 ) -> TrainOutcome:
     """Train one model with Ray Train and MLflow; write the best model to ``output/model``.
 
     ``callbacks`` go to Ray Train's ``RunConfig`` (a search trial passes Tune's reporter).
+    With a frozen image encoder (and ``train_cfg.feature_cache``), the images are encoded
+    once into a feature cache under ``feature_cache`` (default: :func:`feature_cache_root`
+    of the storage) and the workers read that instead of running the encoder.
     """
     scaling = scaling or Scaling()
     prep = prep or UtterancePrep()
@@ -158,9 +164,18 @@ def run_training(
             f"train.batch_size {train_cfg.batch_size} does not split evenly among "
             f"{config.num_workers} workers"
         )
+    per_worker = train_cfg.batch_size // config.num_workers
+    if per_worker % train_cfg.grad_accum:
+        raise ValueError(
+            f"each of {config.num_workers} workers gets {per_worker} images a step, which "
+            f"train.grad_accum {train_cfg.grad_accum} does not divide"
+        )
     output = Path(output).absolute()
     storage = storage or str(output / "ray")
     example = ExampleConfig.for_model(model_cfg, source.lexicon, seed=train_cfg.seed)
+    features = prepare_feature_cache(
+        data, example, model_cfg, train_cfg, feature_cache or feature_cache_root(storage), printer
+    )
     data_info = {**source.describe(), "seed": data_seed, "text_prep": dataclasses.asdict(prep)}
     params = {
         "model": model_cfg.to_dict(),
@@ -176,7 +191,7 @@ def run_training(
     if uri.startswith(("sqlite:", "file:")) and len(ray.nodes()) > 1:
         printer(f"warning: {uri} is a store on this machine only; workers on other nodes "
                 "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
-    pipeline = build_pipeline(data, example, epoch=None, splits=("train",))
+    pipeline = build_pipeline(data, example, epoch=None, splits=("train",), features=features)
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -190,6 +205,7 @@ def run_training(
             "tracking_uri": uri,
             "run_id": run_id,
             "threads": threads,
+            "feature_cache": feature_cache_spec(features),
         },
         scaling_config=config,
         run_config=ray.train.RunConfig(
@@ -220,6 +236,41 @@ def run_training(
     printer(f"best checkpoint: step {outcome.metrics.get('step')}, {train_cfg.select_metric} "
             f"{outcome.metrics.get(train_cfg.select_metric)}")  # fmt: skip
     return outcome
+
+
+def feature_cache_root(storage: str) -> Path:
+    """Where feature caches live: beside the runs in a storage folder (the one place every
+    node of a multi-node cluster sees), or in sevlm's cache folder when storage is an object
+    store. Keyed folders: runs, trials and sweeps sharing a root share their caches."""
+    if "://" in storage:
+        return cache_root() / "features"
+    return Path(storage).absolute() / "feature_cache"
+
+
+def prepare_feature_cache(
+    data: ArtemisData,
+    example: ExampleConfig,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    root: Path | str,
+    printer: Printer = print,
+) -> Path | None:
+    """The feature cache folder of the training and validation images, computed if missing;
+    None when the encoder trains (or ``train.feature_cache`` is off): nothing to cache."""
+    if not (model_cfg.freeze_vision and train_cfg.feature_cache):
+        return None
+    if len(ray.nodes()) > 1 and Path(root).absolute().is_relative_to(cache_root()):
+        printer(f"warning: the feature cache {root} is on this machine only; workers on other "
+                "nodes cannot read it. Pass a folder every node sees.")  # fmt: skip
+    return cache_features(data, example, model_cfg, train_cfg.seed, root, printer=printer)
+
+
+def feature_cache_spec(folder: Path | None) -> dict[str, str] | None:
+    """What a worker needs to open the cache with its own encoder's key: the root and the
+    data fingerprint (the images' part of the key, which only the driver can compute)."""
+    if folder is None:
+        return None
+    return {"root": str(folder.parent), "data": FeatureCache.load(folder).key["data"]}
 
 
 def mark_failed(uri: str, run_id: str, error: BaseException | str) -> None:

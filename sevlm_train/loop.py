@@ -27,8 +27,10 @@ import torch.distributed as dist
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
 from sevlm.examples import ExampleConfig, encode_batch
+from sevlm.feature_cache import FeatureCache, cache_key, encoder_name, key_digest
 from sevlm.generate import Decoder
 from sevlm.lexicon import VADLexicon, read_lexicon
+from sevlm.model import SEVLM
 from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import MetricLogger
@@ -94,6 +96,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = torch.load(Path(folder) / "trainer.pt", weights_only=True)
         state = TrainState(**saved["state"])
         _set_rng(saved["rng"])
+    features = open_feature_cache(model, model_cfg, example, config.get("feature_cache"))
     wrapped = ray.train.torch.prepare_model(model)
     stepper = Stepper(wrapped, model, train_cfg, device)
     if saved is not None:
@@ -115,6 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         part = evaluate_shard(
             model, val_shard, example, decoder, device, batch_size=per_worker,
             max_new_tokens=train_cfg.max_new_tokens, autocast=stepper.autocast,
+            features=features,
         )  # fmt: skip
         parts = [None] * world
         if world > 1:
@@ -183,6 +187,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             state.epoch += 1
             state.batch_in_epoch = 0
+
+
+def open_feature_cache(
+    model: SEVLM, model_cfg: ModelConfig, example: ExampleConfig, spec: dict[str, str] | None
+) -> FeatureCache | None:
+    """The frozen encoder's feature cache the driver wrote (``spec``: its root and data
+    fingerprint), opened with the key of this worker's own encoder: features computed by
+    any other encoder (another seed, other weights) are never read."""
+    if not spec:
+        return None
+    key = cache_key(model.image_encoder, example, encoder_name(model_cfg), spec["data"])
+    cache = FeatureCache.open(spec["root"], key)
+    if cache is None:
+        raise RuntimeError(
+            f"no feature cache for this worker's image encoder under {spec['root']} (folder "
+            f"{key_digest(key)}). The driver writes it before training; a worker on another "
+            "node needs the cache root on storage every node sees. Set train.feature_cache="
+            "false to encode images in the workers instead."
+        )
+    return cache
 
 
 def _report(metrics: dict, model, stepper: Stepper, state: TrainState, rank: int) -> None:

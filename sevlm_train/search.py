@@ -33,13 +33,16 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import SearchConfig, override_configs
+from sevlm.examples import ExampleConfig
 from sevlm.text import UtterancePrep
 from sevlm.tracking import client_for
 from sevlm_train.driver import (
     Printer,
     Scaling,
     ensure_ray,
+    feature_cache_root,
     mark_failed,
+    prepare_feature_cache,
     run_training,
 )
 from sevlm_train.sweep_record import (
@@ -124,6 +127,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, data: ArtemisData) -> Non
         parent_run_id=parent_run(spec),
         data=data,
         callbacks=[TuneReportCallback()],
+        feature_cache=feature_cache_root(spec.storage),  # one for every trial and sweep there
         printer=lambda line: print(f"[{trial_id}] {line}", flush=True),
     )
 
@@ -160,6 +164,7 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
     # window would run a just-finished trial again on --resume.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     try:
+        _encode_once(spec, source, data, printer)
         if resume:
             printer(f"resuming {path}")
             tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=False)
@@ -186,6 +191,15 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
     return SweepOutcome(
         spec.name, parent, rows, champion, registered, time.perf_counter() - started
     )
+
+
+def _encode_once(spec: SweepSpec, source: DataSource, data: ArtemisData, printer: Printer):
+    """A frozen encoder's feature cache, written before any trial starts: concurrent trials
+    would otherwise all encode the images, then all but one throw their work away."""
+    model_cfg, train_cfg = spec.configs
+    example = ExampleConfig.for_model(model_cfg, source.lexicon, seed=train_cfg.seed)
+    root = feature_cache_root(spec.storage)
+    prepare_feature_cache(data, example, model_cfg, train_cfg, root, printer)
 
 
 def _new_tuner(spec: SweepSpec, search: SearchConfig, trainable, concurrency: int):

@@ -126,3 +126,60 @@ def test_scaling_from_cluster_resources(resources, kwargs, expected) -> None:
     config, threads = scaling_config(Scaling(**kwargs), resources)
     got = (config.num_workers, config.use_gpu, config.resources_per_worker, threads)
     assert got == expected
+
+
+def _one_step(config: ModelConfig, train: TrainConfig, batch: dict) -> tuple[dict, dict]:
+    """Metrics and parameters after one step from the same initial weights."""
+    torch.manual_seed(2)
+    model = build_model(config, load_tokenizer())
+    metrics = Stepper(model, model, train, CPU).step(batch)
+    return metrics, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_gradient_accumulation_keeps_the_batch(setup) -> None:
+    # Two identical halves hold as many tokens each, so two micro-batches of 4 must give the
+    # step of the whole batch of 8. No dropout; no contrastive head, whose negatives are the
+    # micro-batch's own.
+    config, _, data, example, _ = setup
+    config = ModelConfig.from_dict({**config.to_dict(), "dropout": 0.0, "w_cl": 0.0})
+    half = to_device(next(iter_batches(data.split("train"), example, batch_size=4)), CPU)
+    batch = {k: torch.cat([v, v]) for k, v in half.items()}
+    train = TrainConfig(lr=1e-3, lr_vad=1e-3, max_steps=10, batch_size=8)
+    whole, whole_params = _one_step(config, train, batch)
+    parts, parts_params = _one_step(
+        config, TrainConfig(**{**train.to_dict(), "grad_accum": 2}), batch
+    )
+    assert float(parts["train/loss"]) == pytest.approx(float(whole["train/loss"]), rel=1e-5)
+    assert float(parts["train/grad_norm"]) == pytest.approx(
+        float(whole["train/grad_norm"]), rel=1e-4
+    )
+    for name, value in whole_params.items():
+        torch.testing.assert_close(parts_params[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    torch.manual_seed(2)
+    initial = build_model(config, load_tokenizer()).state_dict()
+    assert not torch.equal(initial["wte.weight"], whole_params["wte.weight"])  # it did step
+
+
+def test_grad_accum_must_divide_the_batch() -> None:
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(batch_size=6, grad_accum=4)
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(grad_accum=0)
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="yes")
+
+
+def test_compiled_step_matches_eager(setup) -> None:
+    # aot_eager: Dynamo's graph capture and AOT autograd, what compiling changes about the
+    # model, without inductor's minutes of code generation on CPU.
+    config, _, data, example, _ = setup
+    config = ModelConfig.from_dict({**config.to_dict(), "dropout": 0.0})
+    batch = to_device(next(iter_batches(data.split("train"), example, batch_size=4)), CPU)
+    train = TrainConfig(lr=1e-3, lr_vad=1e-3, max_steps=10)
+    eager, eager_params = _one_step(config, train, batch)
+    compiled, compiled_params = _one_step(
+        config, TrainConfig(**{**train.to_dict(), "compile": "aot_eager"}), batch
+    )
+    assert float(compiled["train/loss"]) == pytest.approx(float(eager["train/loss"]), rel=1e-4)
+    for name, value in eager_params.items():
+        torch.testing.assert_close(compiled_params[name], value, rtol=1e-3, atol=1e-5, msg=name)

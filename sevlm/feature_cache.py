@@ -1,0 +1,328 @@
+"""A cache of a frozen image encoder's features, so sweep trials never run the encoder.
+
+With the encoder frozen (the paper's preset), its output for a painting is the same in every
+epoch of every trial. It is computed once (:func:`sevlm.pipeline.cache_features`, with Ray
+Data) and stored here: one folder per key, the key naming everything the features depend on
+(encoder, its weights, image size and statistics, the images themselves, the storage dtype).
+
+Layout of ``<root>/<digest>/``:
+
+- ``features.npy``: fp16 ``[N, M, C]``, the encoder's tokens *before* its projection (which
+  trains); read through a memory map, never loaded whole.
+- ``keys.json``: the painting key of each row.
+- ``meta.json``: the key, the shape, and the paintings whose image could not be read, by
+  reason. Written last.
+
+A folder is filled under a temporary name in ``<root>`` and renamed into place, so a folder
+named by its digest is complete; a half-written one (a crash, a kill) is never opened.
+No Ray here: the pipeline, the training workers and tests all read the same files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sevlm.config import ModelConfig
+from sevlm.model import ImageEncoder
+from sevlm.tokenizer import load_tokenizer
+from sevlm.weights import build_model
+
+if TYPE_CHECKING:
+    from sevlm.examples import ExampleConfig
+
+FORMAT_VERSION = 1
+"""Bumped whenever what a cache holds, or how, changes: older caches then miss."""
+FEATURES_FILE, KEYS_FILE, META_FILE = "features.npy", "keys.json", "meta.json"
+DTYPE = np.float16
+VISION_FIELDS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "image_size", "patch_size", "num_channels", "hidden_act", "layer_norm_eps",
+)  # fmt: skip
+"""Encoder settings that change its output without changing its weights' shapes."""
+
+Dropped = dict[str, list[str]]
+
+
+# ---- the key ----
+
+
+def encoder_name(config: ModelConfig) -> str:
+    """Where the encoder's weights came from: a hub name or folder, else random init."""
+    return config.vision_weights or f"random:{config.name}"
+
+
+def weights_hash(encoder: ImageEncoder) -> str:
+    """SHA-256 of the CLIP tower's tensors (names, dtypes, shapes and bytes, in name order):
+    a random-initialised encoder is named by its seed only through this."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.clip.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def data_fingerprint(images: Mapping[str, str]) -> str:
+    """SHA-256 of ``painting key -> image path`` with each file's size and modification time:
+    another dataset, or an image replaced on disk, gives another key."""
+    digest = hashlib.sha256()
+    for key in sorted(images):
+        path = Path(images[key]).absolute()
+        try:
+            stat = path.stat()
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        digest.update(f"{key}\0{path}\0{size}\0{mtime}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_key(
+    encoder: ImageEncoder, example: ExampleConfig, name: str, data: str = ""
+) -> dict[str, Any]:
+    """Everything a cached feature depends on. ``name``: :func:`encoder_name`; ``data``:
+    :func:`data_fingerprint` of the cached images."""
+    config = encoder.clip.config
+    return {
+        "format": FORMAT_VERSION,
+        "encoder": name,
+        "weights_sha256": weights_hash(encoder),
+        "vision": {k: getattr(config, k, None) for k in VISION_FIELDS},
+        "image_size": example.image_size,
+        "mean": [float(v) for v in example.mean],
+        "std": [float(v) for v in example.std],
+        "dtype": np.dtype(DTYPE).name,
+        "data": data,
+    }
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    """The folder name of a key: a short hash of its canonical JSON."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def training_encoder(config: ModelConfig, seed: int) -> ImageEncoder:
+    """The image encoder a training worker builds (``sevlm_train.loop``): the same seed, then
+    the same model, so a random-initialised frozen encoder has the same weights, hence key.
+    The decoder's pretrained weights are not fetched (they are loaded after every random
+    draw, so they change nothing here); the caller's random state is left as it was."""
+    tokenizer = load_tokenizer(config.tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(dataclasses.replace(config, decoder_weights=None), tokenizer)
+    return model.image_encoder
+
+
+def encoder_features(encoder: ImageEncoder, pixel_values: Tensor) -> Tensor:
+    """What the cache stores: the encoder's tokens before ``proj`` (a trained layer when the
+    encoder's width differs from the decoder's)."""
+    proj = encoder.proj
+    encoder.proj = nn.Identity()
+    try:
+        return encoder(pixel_values)
+    finally:
+        encoder.proj = proj
+
+
+# ---- reading ----
+
+
+@dataclass
+class FeatureCache:
+    """A complete cache folder, memory-mapped: rows are read from disk as they are looked up."""
+
+    path: Path
+    key: dict[str, Any]
+    features: np.ndarray
+    """``[N, M, C]`` fp16, a read-only memory map."""
+    index: dict[str, int]
+    """Painting key -> row."""
+    dropped: Dropped = field(default_factory=dict)
+    """Paintings left out when caching (their image could not be read), by reason."""
+
+    @classmethod
+    def open(cls, root: Path | str, key: dict[str, Any]) -> FeatureCache | None:
+        """The cache for ``key`` under ``root``; None when there is none, or only part of one."""
+        folder = Path(root) / key_digest(key)
+        try:
+            cache = cls.load(folder)
+        except (OSError, ValueError, KeyError):
+            return None
+        return cache if cache.key == key else None
+
+    @classmethod
+    def load(cls, folder: Path | str) -> FeatureCache:
+        """The cache in ``folder``, whatever its key; raises if it is absent or incomplete."""
+        folder = Path(folder)
+        meta = json.loads((folder / META_FILE).read_text())  # written last: absent -> partial
+        keys = json.loads((folder / KEYS_FILE).read_text())
+        rows = int(meta["rows"])
+        features = np.load(folder / FEATURES_FILE, mmap_mode="r")
+        if len(keys) != rows or features.shape[0] < rows or features.dtype != DTYPE:
+            raise ValueError(
+                f"feature cache {folder} is inconsistent: {rows} rows in {META_FILE}, "
+                f"{len(keys)} keys, features {features.shape} {features.dtype}"
+            )
+        index = {k: i for i, k in enumerate(keys)}
+        dropped = {r: list(v) for r, v in meta.get("dropped", {}).items()}
+        return cls(folder, meta["key"], features[:rows], index, dropped)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def reason(self, key: str) -> str | None:
+        """Why ``key`` was left out when caching, if it was."""
+        return next((r for r, keys in self.dropped.items() if key in keys), None)
+
+    def lookup(self, keys: Iterable[str]) -> np.ndarray:
+        """fp16 features ``[len(keys), M, C]`` of paintings, in the order given."""
+        keys = [str(k) for k in keys]
+        missing = [k for k in keys if k not in self.index]
+        if missing:
+            why = self.reason(missing[0])
+            detail = f"left out when caching ({why})" if why else "never cached"
+            raise KeyError(
+                f"{len(missing)} painting(s) not in the feature cache {self.path}, e.g. "
+                f"{missing[0]!r}: {detail}. The cache holds {len(self)} paintings."
+            )
+        rows = [self.index[k] for k in keys]
+        return np.asarray(self.features[rows]) if rows else self.features[:0].copy()
+
+
+@lru_cache(maxsize=4)
+def load_cached(folder: str) -> FeatureCache:
+    """:meth:`FeatureCache.load`, once per process and folder (pipeline tasks call this per
+    batch; parsing ``keys.json`` each time would dominate)."""
+    return FeatureCache.load(folder)
+
+
+def attach_features(batch: dict, cache: FeatureCache) -> tuple[dict, Dropped]:
+    """Add ``image_features`` to a batch of painting records, in place of decoding pixels.
+
+    Rows the cache lacks are dropped, returned by the reason the cache recorded for them
+    (``missing_features`` when it recorded none), as :func:`sevlm.examples.decode_batch`
+    drops unreadable images.
+    """
+    keys = [str(k) for k in batch["key"]]
+    keep = [i for i, k in enumerate(keys) if k in cache]
+    dropped: Dropped = {}
+    for k in keys:
+        if k not in cache:
+            dropped.setdefault(cache.reason(k) or "missing_features", []).append(k)
+    out = {k: _take(v, keep) for k, v in batch.items()}
+    out["image_features"] = cache.lookup(keys[i] for i in keep)
+    return out, dropped
+
+
+def _take(values, index: list[int]):
+    if isinstance(values, np.ndarray):
+        return values[index]
+    return [values[i] for i in index]
+
+
+# ---- writing ----
+
+
+def write_cache(
+    root: Path | str,
+    key: dict[str, Any],
+    batches: Iterable[tuple[list[str], np.ndarray]],
+    total: int,
+    dropped: Callable[[], Dropped] | Dropped | None = None,
+) -> Path:
+    """Write ``(keys, features)`` batches (at most ``total`` rows) as the cache of ``key``.
+
+    Atomic: the folder is filled under a temporary name and renamed into place after
+    ``meta.json``. When another process got there first, its cache is kept and ours dropped.
+    ``dropped`` (or a function giving it, called after the last batch) records the paintings
+    that could not be cached.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / key_digest(key)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    try:
+        rows, keys = _write_rows(staging / FEATURES_FILE, batches, total)
+        shape = [rows, *_row_shape(staging / FEATURES_FILE)]
+        lost = dropped() if callable(dropped) else dropped or {}
+        (staging / KEYS_FILE).write_text(json.dumps(keys))
+        meta = {"key": key, "rows": rows, "shape": shape,
+                "dropped": {r: sorted(v) for r, v in sorted(lost.items())}}  # fmt: skip
+        _write_synced(staging / META_FILE, json.dumps(meta, indent=1, sort_keys=True))
+        staging.chmod(0o755)  # mkdtemp makes it private; other users' runs may read it
+        _move_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``. A complete ``target`` is another process's cache
+    (it won the race): ours is dropped. A ``target`` without ``meta.json`` was damaged
+    outside this code (never written by it): moved aside, then replaced."""
+    try:
+        staging.rename(target)
+        return
+    except OSError:
+        if (target / META_FILE).is_file():
+            return
+        if not target.exists():
+            raise  # not a race: a real failure
+    broken = Path(tempfile.mkdtemp(prefix=f".{target.name}-broken-", dir=target.parent))
+    target.rename(broken / "old")
+    shutil.rmtree(broken, ignore_errors=True)
+    staging.rename(target)
+
+
+def _write_rows(
+    path: Path, batches: Iterable[tuple[list[str], np.ndarray]], total: int
+) -> tuple[int, list[str]]:
+    """Fill an fp16 memmap of ``total`` rows, allocated at the first batch (its shape is the
+    features'); rows past the last written are never read (``meta.json`` says how many)."""
+    array, keys = None, []
+    for batch_keys, features in batches:
+        if len(batch_keys) != len(features):
+            raise ValueError(f"{len(batch_keys)} keys for {len(features)} feature rows")
+        if array is None:
+            shape = (total, *features.shape[1:])
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=DTYPE, shape=shape)
+        if len(keys) + len(features) > total:
+            raise ValueError(f"more than the {total} rows announced")
+        array[len(keys) : len(keys) + len(features)] = features
+        keys.extend(str(k) for k in batch_keys)
+    if array is None:  # nothing to cache: an empty array still says what was asked
+        np.save(path, np.zeros((0, 0, 0), DTYPE))
+    else:
+        array.flush()
+        del array
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    return len(keys), keys
+
+
+def _row_shape(path: Path) -> list[int]:
+    return list(np.load(path, mmap_mode="r").shape[1:])
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
