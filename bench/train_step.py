@@ -1,0 +1,283 @@
+"""Benchmark: training samples/s and peak memory in three settings, one after the other:
+
+- ``released``: the released recipe's settings: the frozen encoder runs on the pixels at every
+  step, fp32. Images are decoded before timing, as its DataLoader workers would hide that.
+- ``ours``: the encoder's output read from the feature cache, mixed precision where the device
+  has it (bf16 / fp16; CPU stays fp32), ``--compile`` optional. A bare PyTorch loop.
+- ``ray``: ``ours`` through a Ray Train ``TorchTrainer`` with one worker, fed by the Ray Data
+  pipeline the trainer uses (cache lookups in Ray Data tasks): the cost of Ray itself.
+
+    python bench/train_step.py [--preset tiny] [--batch N] [--steps 30] [--warmup 5]
+
+Each setting runs in its own process (a fresh peak memory): the same model, seed, batches
+and per-step work (pairing and tokenizing each batch, the optimizer step). Images per second
+count images (each with two sequences). Peak memory is ``torch.cuda.max_memory_allocated``
+on a GPU, else the training process's peak resident memory (RSS, its whole footprint).
+The encoder is frozen in every setting, as in the paper's preset, so that the cache applies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from sevlm.artemis import DataSource, load_artemis
+from sevlm.config import ModelConfig, TrainConfig, preset_values
+from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
+from sevlm.feature_cache import FeatureCache, attach_features
+from sevlm.sample import cached_sample
+from sevlm.tokenizer import load_tokenizer
+from sevlm.training import Stepper, to_device
+from sevlm.weights import build_model
+
+SETTINGS = ("released", "ours", "ray")
+
+
+def configs(args: argparse.Namespace, setting: str) -> tuple[ModelConfig, TrainConfig]:
+    """The frozen-encoder model of ``--preset`` and the training config of ``setting``."""
+    model = ModelConfig.preset(args.preset, freeze_vision=True).without_pretrained()
+    train = TrainConfig(
+        **{
+            **preset_values(args.preset).get("train", {}),
+            "batch_size": args.batch,
+            "grad_accum": args.grad_accum,
+            "max_steps": 10_000,
+            "precision": "fp32" if setting == "released" else args.precision,
+            "compile": "off" if setting == "released" else args.compile,
+        }
+    )
+    return model, train
+
+
+def example_for(args: argparse.Namespace, model: ModelConfig) -> ExampleConfig:
+    return ExampleConfig.for_model(model, DataSource.resolve(data=args.data).lexicon, seed=0)
+
+
+def records_of(args: argparse.Namespace) -> dict[str, list]:
+    data = load_artemis(DataSource.resolve(data=args.data))
+    return painting_records(data.split("train"))
+
+
+def batches_of(records: dict[str, list], size: int) -> Iterator[dict]:
+    """Record batches of ``size`` in order, epoch after epoch (the last partial one dropped)."""
+    n = len(records["key"]) // size
+    if n == 0:
+        raise SystemExit(f"error: fewer than {size} training paintings")
+    while True:
+        for i in range(n):
+            yield {k: v[i * size : (i + 1) * size] for k, v in records.items()}
+
+
+def measure(step, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds for ``steps`` calls of ``step(i)`` after ``warmup`` calls."""
+    for i in range(warmup):
+        step(i)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    started = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    sync()
+    return time.perf_counter() - started
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def bare_loop(args: argparse.Namespace, setting: str) -> dict:
+    """``released`` or ``ours`` in this process."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model_cfg, train_cfg = configs(args, setting)
+    example = example_for(args, model_cfg)
+    torch.manual_seed(0)
+    model = build_model(model_cfg, load_tokenizer(model_cfg.tokenizer)).to(device)
+    stepper = Stepper(model, model, train_cfg, device)
+    source = batches_of(records_of(args), args.batch)
+    if setting == "released":  # decoded once, before timing: only the model's work is timed
+        cycle = [decode_batch(next(source), example)[0] for _ in range(args.distinct)]
+        load = lambda i: cycle[i % len(cycle)]  # noqa: E731
+    else:
+        cache = FeatureCache.load(args.cache)
+        load = lambda i: attach_features(next(source), cache)[0]  # noqa: E731
+
+    def step(i: int) -> None:
+        stepper.step(to_device(encode_batch(load(i), example, epoch=0), device))
+
+    seconds = measure(step, args.warmup, args.steps, device)
+    return {"images_per_s": args.steps * args.batch / seconds, "peak_mib": peak_mib(device)}
+
+
+def ray_worker_loop(config: dict) -> None:
+    """The ``ours`` loop inside a Ray Train worker, fed by its Ray Data shard."""
+    import ray.train
+
+    args = argparse.Namespace(**config["args"])
+    torch.set_num_threads(args.threads)
+    device = ray.train.torch.get_device()
+    model_cfg, train_cfg = configs(args, "ours")
+    example = example_for(args, model_cfg)
+    torch.manual_seed(0)
+    model = build_model(model_cfg, load_tokenizer(model_cfg.tokenizer))
+    wrapped = ray.train.torch.prepare_model(model)
+    stepper = Stepper(wrapped, model, train_cfg, device)
+    shard = ray.train.get_dataset_shard("train")
+
+    def batches() -> Iterator[dict]:
+        for epoch in range(10_000):  # as sevlm_train.loop reads it, epoch after epoch
+            yield from shard.iter_batches(
+                batch_size=args.batch, batch_format="numpy", drop_last=True,
+                local_shuffle_buffer_size=4 * args.batch, local_shuffle_seed=epoch,
+            )  # fmt: skip
+
+    source = batches()
+
+    def step(i: int) -> None:
+        stepper.step(to_device(encode_batch(next(source), example, epoch=0), device))
+
+    seconds = measure(step, args.warmup, args.steps, device)
+    result = {"images_per_s": args.steps * args.batch / seconds, "peak_mib": peak_mib(device)}
+    Path(config["out"]).write_text(json.dumps(result))  # Train V2 keeps no checkpoint-less metrics
+
+
+def ray_loop(args: argparse.Namespace) -> dict:
+    """``ours`` through Ray Train and Ray Data, one worker, on a local Ray of ``--cpus``."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from sevlm.pipeline import build_pipeline
+    from sevlm_train.driver import Scaling, scaling_config
+
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        model_cfg, _ = configs(args, "ours")
+        data = load_artemis(DataSource.resolve(data=args.data))
+        pipeline = build_pipeline(
+            data, example_for(args, model_cfg), epoch=None, splits=("train",),
+            batch_size=args.batch, features=args.cache,
+        )  # fmt: skip
+        scaling, _ = scaling_config(Scaling(num_workers=1))
+        with tempfile.TemporaryDirectory(prefix="sevlm-bench-ray-") as storage:
+            out = Path(storage) / "result.json"
+            TorchTrainer(
+                ray_worker_loop,
+                train_loop_config={
+                    "args": {**vars(args), "cache": str(args.cache)},
+                    "out": str(out),
+                },
+                scaling_config=scaling,
+                run_config=ray.train.RunConfig(name="bench", storage_path=storage),
+                datasets={"train": pipeline.datasets["train"]},
+            ).fit()
+            return json.loads(out.read_text())
+    finally:
+        ray.shutdown()
+
+
+def build_cache(args: argparse.Namespace) -> Path:
+    """The feature cache of the training images, written by the real Ray Data path."""
+    import ray
+
+    from sevlm.pipeline import cache_features
+
+    model_cfg, _ = configs(args, "ours")
+    data = load_artemis(DataSource.resolve(data=args.data))
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        return cache_features(
+            data, example_for(args, model_cfg), model_cfg, 0, args.cache_root,
+            splits=("train",), printer=lambda line: print(line, file=sys.stderr),
+        )  # fmt: skip
+    finally:
+        ray.shutdown()
+
+
+def run_child(args: argparse.Namespace, setting: str) -> dict:
+    """One setting in a child process: its own peak memory, no state shared."""
+    argv = [sys.executable, __file__, "--only", setting, "--cache", str(args.cache)]
+    for name in ("preset", "data", "batch", "steps", "warmup", "distinct", "threads", "cpus",
+                 "precision", "compile", "grad_accum"):  # fmt: skip
+        argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    out = subprocess.run(argv, capture_output=True, text=True)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
+        raise SystemExit(f"error: setting {setting} failed (exit {out.returncode})")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--data", default=None, help="dataset folder (default: the sample)")
+    parser.add_argument("--batch", type=int, help="images a step (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--distinct", type=int, default=8, help="released: batches decoded")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--cpus", type=float, default=os.cpu_count(), help="Ray's CPUs")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", default="off", help="ours: off|inductor|aot_eager")
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--cache-root", type=Path, help="feature cache root (default: temp)")
+    parser.add_argument("--only", choices=SETTINGS, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.data = args.data or str(cached_sample())
+    args.batch = args.batch or preset_values(args.preset)["train"]["batch_size"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    if args.only:  # a child: one setting, one JSON line
+        result = ray_loop(args) if args.only == "ray" else bare_loop(args, args.only)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    settings = args.settings.split(",")
+    with tempfile.TemporaryDirectory(prefix="sevlm-bench-cache-") as temp:
+        args.cache_root = args.cache_root or Path(temp)
+        args.cache = build_cache(args)
+        results = {s: run_child(args, s) for s in settings}
+    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{device}, torch {torch.__version__}, {args.threads} threads; preset {args.preset} "
+        f"(frozen encoder), batch {args.batch} images ({2 * args.batch} sequences), "
+        f"grad_accum {args.grad_accum}, {args.steps} timed steps after {args.warmup}; "
+        f"ours: precision {args.precision}, compile {args.compile}"
+    )
+    memory = "peak allocated MiB" if torch.cuda.is_available() else "peak RSS MiB"
+    print(f"| setting | images/s | {memory} |")
+    print("|---|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['images_per_s']:.1f} | {r['peak_mib']:.0f} |")
+    if "released" in results and "ours" in results:
+        ratio = results["ours"]["images_per_s"] / results["released"]["images_per_s"]
+        print(f"ours / released: {ratio:.2f}x (target on GPU, paper preset: >= 3x)")
+    if "ours" in results and "ray" in results:
+        ratio = results["ray"]["images_per_s"] / results["ours"]["images_per_s"]
+        print(f"ray / ours (bare loop): {ratio:.3f} (target: >= 0.90)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
