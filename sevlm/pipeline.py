@@ -11,6 +11,7 @@ on GPUs when the cluster has them) into a :mod:`sevlm.feature_cache`, and
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,15 +111,32 @@ def build_pipeline(
     def encode(batch: dict) -> dict:
         return encode_batch(batch, config, epoch)
 
+    tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
     result = {}
     for split in splits:
         table = datasets.Dataset.from_dict(painting_records(data.split(split)))
-        ds = ray.data.from_huggingface(table)
-        opts = {"batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus}
+        blocks = block_count(len(table), batch_size, tasks)
+        ds = ray.data.from_huggingface(table, override_num_blocks=blocks)
+        opts = {
+            "batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus,
+            "compute": ray.data.TaskPoolStrategy(size=tasks),
+        }  # fmt: skip
         if epoch is not None:
             ds = ds.map_batches(encode, **opts)
         result[split] = ds.map_batches(decode if features is None else lookup, **opts)
     return Pipeline(result, counter)
+
+
+def block_count(rows: int, batch_size: int, tasks: int) -> int:
+    """Blocks of a split's records: about four batches each, at least four per concurrent
+    task, none smaller than a batch. One block (Ray's default for an in-memory table) would
+    decode a whole epoch in one task, on one CPU, before the first batch arrived.
+
+    The tasks are capped at the cluster's CPUs (``tasks``): with fractional CPUs and no cap,
+    Ray starts more worker processes than it keeps idle, and every epoch would pay their
+    start (each imports torch) again."""
+    by_batches = math.ceil(rows / (4 * batch_size))
+    return max(1, min(math.ceil(rows / batch_size), max(4 * tasks, by_batches)))
 
 
 # ---- the frozen encoder's feature cache ----
@@ -205,9 +223,15 @@ def _encoded(
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     state = ray.put({k: v.detach().cpu() for k, v in encoder.clip.state_dict().items()})
-    ds = ray.data.from_huggingface(datasets.Dataset.from_dict(records))
+    tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    blocks = block_count(len(records["key"]), batch_size, tasks)
+    ds = ray.data.from_huggingface(datasets.Dataset.from_dict(records), override_num_blocks=blocks)
     ds = ds.map_batches(
-        decode, batch_size=batch_size, batch_format="numpy", num_cpus=num_cpus
+        decode,
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=tasks),
     ).map_batches(
         EncoderActor,
         fn_constructor_kwargs={"model": model_cfg.to_dict(), "state": [state]},

@@ -82,3 +82,13 @@ def test_relative_inputs_become_absolute_paths(sample, monkeypatch) -> None:
     assert all(Path(image).is_absolute() for image in records["image"])
     config = ExampleConfig(lexicon=f"{sample.out.name}/NRC-VAD-Lexicon.txt")
     assert Path(config.lexicon).is_absolute() and Path(config.lexicon).is_file()
+
+
+def test_block_count_spreads_decoding_over_the_tasks() -> None:
+    from sevlm.pipeline import block_count
+
+    # a sample-size split: at least four blocks per task, none smaller than a batch
+    assert block_count(170, 16, 2) == 8
+    assert block_count(20, 16, 2) == 2 and block_count(5, 16, 8) == 1
+    # ArtEmis-size: about four batches a block
+    assert block_count(68_000, 32, 2) == 532
