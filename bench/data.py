@@ -1,0 +1,490 @@
+"""Benchmark: images/s through the Ray Data pipeline vs a ``torch.utils.data.DataLoader`` with
+the same number of CPUs, side by side in one run (a benchmark, not a test).
+
+    python bench/data.py [--paintings 1000] [--source-size 512] [--cpus N] [--repeats 3]
+
+Both sides read the training split of one generated ArtEmis-format data set
+(:func:`sevlm.sample.write_sample`, ``--source-size`` pixel JPEGs: WikiArt as ArtEmis uses it
+is rescaled to 600 pixels on the long side, about 600 x 450 = 270k pixels, and a 512-pixel
+square has 262k) and decode every image to the model's ``--size`` (224) with the same
+function, :func:`sevlm.examples.decode_batch`:
+
+- Ray Data: the real pipeline, ``build_pipeline(data, config, epoch=None,
+  splits=("train",))``, exactly the dataset the trainer gets, in a local Ray started with
+  ``num_cpus=N``; one consumer reads it with ``iter_batches`` as a Train worker does
+  (numpy batches, ``local_shuffle_buffer_size`` 4 batches, as ``sevlm_train/loop.py``).
+- DataLoader: a map-style dataset whose ``__getitem__`` runs ``decode_batch`` on one row,
+  ``num_workers=N`` persistent workers, the default collate (tensors in shared memory),
+  ``shuffle=True``.
+- One process (a reference, ``--no-reference`` skips it): ``decode_batch`` in this process,
+  no workers: what one CPU does.
+
+Each side runs one untimed warm-up epoch (worker processes start, files enter the page cache),
+then ``--repeats`` timed epochs, alternating sides so that a change in the machine's load hits
+all of them; the figure is the median. Ray's start-up is not timed; the pipeline's per-epoch
+planning and task launches are, since training pays them every epoch. On CUDA, each batch's
+pixels are copied to the GPU in every loop.
+
+Besides wall time, the script reads from ``/proc`` the CPU time (user + system) that each
+side's processes spent in each epoch: this process plus the DataLoader's workers, or this
+process plus every Ray process it started (workers, raylet, GCS). CPU seconds per epoch show
+how much work each side does per image, and CPU seconds over wall seconds how many CPUs it
+kept busy: figures that mean something on a machine that other jobs share, where images/s
+alone do not (the script prints the load average before and after, and warns when other jobs
+loaded the machine before it started). "First batch" is the time from asking for an epoch to
+its first batch: Ray Data plans and launches the pipeline anew every epoch, a fixed cost that
+long epochs (ArtEmis has about 68k training images) amortise and that this benchmark's short
+ones do not. After
+the table, the script says how many tasks Ray ran the decode as, and how many new Ray worker
+processes each epoch started (each imports torch and transformers to run ``decode_batch``).
+
+Every epoch must deliver every training image exactly once (the same key set on every side),
+and in the warm-up Ray Data and the DataLoader must agree on every image's pixels, or the
+script exits non-zero with no table. Ray's workers run at this process's nice level (Ray's
+default is 15, below the DataLoader's workers, which inherit this process's); ``--ray-niceness
+15`` measures Ray's default. The target of issue 7: Ray Data at least as many images/s as the
+DataLoader (ratio >= 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sevlm.artemis import DataSource, load_artemis
+from sevlm.examples import ExampleConfig, decode_batch, painting_records
+from sevlm.sample import write_sample
+
+RAY, LOADER, SERIAL = "Ray Data", "DataLoader", "one process"
+
+
+class BenchError(RuntimeError):
+    """The run is broken: its figures must not be reported."""
+
+
+class PaintingImages(Dataset):
+    """Painting records, one decoded image each: the pipeline's decode, one row at a time."""
+
+    def __init__(self, records: dict[str, list], config: ExampleConfig) -> None:
+        self.records = records
+        self.config = config
+
+    def __len__(self) -> int:
+        return len(self.records["key"])
+
+    def __getitem__(self, index: int) -> dict:
+        row = {name: [values[index]] for name, values in self.records.items()}
+        out, dropped = decode_batch(row, self.config)
+        if dropped:
+            raise BenchError(f"image dropped: {dropped}")
+        return {name: values[0] for name, values in out.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU time of process trees, from /proc (Linux)
+
+
+def proc_table() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds: user + system, plus those of reaped children)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        # After the command: state, ppid, ..., utime (14th field), stime, cutime, cstime.
+        table[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
+    return table
+
+
+def descendants(table: dict[int, tuple[int, float]], roots: Iterable[int]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds of this process and, per side, of the processes that side started."""
+
+    me: int = field(default_factory=os.getpid)
+    loader_roots: set[int] = field(default_factory=set)
+
+    def note_loader_workers(self) -> None:
+        """Call when the DataLoader's workers exist and nothing else does: this process's
+        children are then the DataLoader's."""
+        table = proc_table()
+        self.loader_roots = {pid for pid, (parent, _) in table.items() if parent == self.me}
+
+    def seconds(self, side: str) -> float | None:
+        try:
+            table = proc_table()
+        except OSError:
+            return None
+        if side == LOADER:
+            pids = descendants(table, self.loader_roots)
+        elif side == RAY:
+            everyone = descendants(table, [self.me])
+            pids = everyone - descendants(table, self.loader_roots)
+            pids.discard(self.me)
+        else:
+            pids = set()
+        own = sum(os.times()[:2])  # this process, all threads; not its children
+        return own + sum(table[pid][1] for pid in pids)
+
+
+# ---------------------------------------------------------------------------------------------
+# Epochs
+
+
+@dataclass
+class Epoch:
+    seconds: float
+    first_batch: float
+    cpu_seconds: float | None
+    keys: list[str]
+    sums: dict[str, float]
+
+
+def consume(
+    batches: Callable[[], Iterable[dict]],
+    device: torch.device,
+    size: int,
+    checksums: bool,
+    cpu: Callable[[], float | None],
+) -> Epoch:
+    """Read an epoch as training does (pixels to ``device``), timed."""
+    keys: list[str] = []
+    sums: dict[str, float] = {}
+    cpu_before = cpu()
+    started = time.perf_counter()
+    first_batch = None
+    for batch in batches():
+        if first_batch is None:
+            first_batch = time.perf_counter() - started
+        pixels = torch.as_tensor(batch["pixel_values"]).to(device, non_blocking=True)
+        batch_keys = [str(k) for k in batch["key"]]
+        if tuple(pixels.shape) != (len(batch_keys), 3, size, size):
+            raise BenchError(f"pixel_values {tuple(pixels.shape)} for {len(batch_keys)} keys")
+        keys.extend(batch_keys)
+        if checksums:
+            sums.update(zip(batch_keys, pixels.double().sum(dim=(1, 2, 3)).tolist(), strict=True))
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    cpu_after = cpu()
+    used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return Epoch(seconds, first_batch or seconds, used, keys, sums)
+
+
+def check_epoch(side: str, keys: list[str], expected: set[str]) -> None:
+    if len(keys) != len(set(keys)):
+        raise BenchError(f"{side}: {len(keys) - len(set(keys))} images delivered twice")
+    if set(keys) != expected:
+        missing, extra = expected - set(keys), set(keys) - expected
+        raise BenchError(f"{side}: {len(missing)} images missing, {len(extra)} unexpected")
+
+
+def ray_workers(logs: Path) -> int:
+    """Ray worker processes started so far in this session (one ``worker-*.out`` log each)."""
+    return len(list(logs.glob("worker-*.out")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def total_memory() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+    except (OSError, ValueError):
+        pass
+    return "unknown"
+
+
+def median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if len(known) == len(values) and known else None
+
+
+def print_table(epochs: dict[str, list[Epoch]], images: int, settings: dict[str, str]) -> None:
+    print(
+        "| loader | settings | s per epoch | images/s | first batch s | CPU s per epoch | "
+        "CPUs busy | images per CPU s | epochs (s) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for side, runs in epochs.items():
+        wall = statistics.median(e.seconds for e in runs)
+        first = statistics.median(e.first_batch for e in runs)
+        cpu = median_or_none([e.cpu_seconds for e in runs])
+        busy = median_or_none(
+            [None if e.cpu_seconds is None else e.cpu_seconds / e.seconds for e in runs]
+        )
+        print(
+            f"| {side} | {settings[side]} | {wall:.2f} | {images / wall:.1f} | {first:.2f} | "
+            f"{'n/a' if cpu is None else f'{cpu:.2f}'} | "
+            f"{'n/a' if busy is None else f'{busy:.2f}'} | "
+            f"{'n/a' if not cpu else f'{images / cpu:.1f}'} | "
+            + ", ".join(f"{e.seconds:.2f}" for e in runs)
+            + " |"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--paintings", type=int, default=1000, help="sample size (1000)")
+    parser.add_argument(
+        "--source-size", type=int, default=512, help="side of the JPEGs on disk (512)"
+    )
+    parser.add_argument("--size", type=int, default=224, help="model image size (224)")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs for each side")
+    parser.add_argument("--batch", type=int, default=32, help="images per batch (32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed epochs per side (3)")
+    parser.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        help="Ray's local_shuffle_buffer_size (default 4 batches, as training; 0: no shuffle, "
+        "and the DataLoader does not shuffle either)",
+    )
+    parser.add_argument(
+        "--prefetch-batches", type=int, default=1, help="Ray iter_batches prefetch_batches (1)"
+    )
+    parser.add_argument(
+        "--stage-cpus", type=float, default=0.25, help="build_pipeline num_cpus (0.25, its default)"
+    )
+    parser.add_argument(
+        "--ray-niceness",
+        type=int,
+        help="nice level of Ray's worker processes (default: this process's own, which the "
+        "DataLoader's workers inherit; Ray's own default is 15)",
+    )
+    parser.add_argument(
+        "--no-reference",
+        dest="reference",
+        action="store_false",
+        help="skip the reference: the same decode in this one process (1 CPU)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, help="where to write (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data set")
+    args = parser.parse_args(argv)
+    if args.cpus < 1:
+        parser.error("--cpus must be at least 1")
+    shuffle_buffer = 4 * args.batch if args.shuffle_buffer is None else args.shuffle_buffer
+    niceness = os.nice(0) if args.ray_niceness is None else args.ray_niceness
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    if args.workdir is None:
+        workdir, own_workdir = Path(tempfile.mkdtemp(prefix="sevlm-bench-data-")), True
+    else:
+        workdir, own_workdir = args.workdir.absolute(), False
+        workdir.mkdir(parents=True, exist_ok=True)
+    print("sevlm data pipeline benchmark: Ray Data vs torch DataLoader")
+    print(f"date:     {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
+    print(f"command:  {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"machine:  {os.cpu_count()} CPUs ({cpu_model()}), {total_memory()} RAM")
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none"
+    print(f"device:   {device.type} (GPU: {gpu}), torch {torch.__version__}")
+    print(f"platform: {platform.platform()}")
+    print(f"python:   {platform.python_implementation()} {platform.python_version()}")
+    print(f"workdir:  {workdir}")
+    start_load = os.getloadavg()
+    print(f"load:     {load_average()} (1, 5, 15 min) at the start")
+
+    root = workdir / "sample"
+    meter = CpuMeter()
+    ray_started = False
+    try:
+        started = time.perf_counter()
+        write_sample(root, args.paintings, seed=args.seed, image_size=args.source_size)
+        data = load_artemis(DataSource.resolve(data=str(root)), seed=args.seed)
+        records = painting_records(data.split("train"))
+        expected = set(records["key"])
+        config = ExampleConfig(image_size=args.size)
+        print(
+            f"data:     {args.paintings} paintings, {len(expected)} in the training split, "
+            f"{args.source_size}x{args.source_size} JPEGs -> {args.size} px "
+            f"(generated in {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+
+        # The DataLoader's workers fork before Ray starts (no gRPC threads in the parent);
+        # persistent, they then serve every epoch.
+        loader = DataLoader(
+            PaintingImages(records, config),
+            batch_size=args.batch,
+            shuffle=shuffle_buffer > 0,
+            num_workers=args.cpus,
+            persistent_workers=True,
+            pin_memory=device.type == "cuda",
+        )
+
+        def serial_batches() -> Iterable[dict]:
+            for start in range(0, len(records["key"]), args.batch):
+                batch = {k: v[start : start + args.batch] for k, v in records.items()}
+                yield decode_batch(batch, config)[0]
+
+        def run(side: str, batches: Callable[[], Iterable[dict]], checksums: bool) -> Epoch:
+            epoch = consume(batches, device, args.size, checksums, lambda: meter.seconds(side))
+            check_epoch(side, epoch.keys, expected)
+            return epoch
+
+        warm = run(LOADER, lambda: loader, True)
+        meter.note_loader_workers()
+        print(f"warm-up:  {LOADER} epoch {warm.seconds:.2f} s (its workers start)", flush=True)
+
+        import ray
+
+        from sevlm.pipeline import build_pipeline
+
+        started = time.perf_counter()
+        ray.init(
+            address="local",
+            num_cpus=args.cpus,
+            num_gpus=torch.cuda.device_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=str(workdir / "ray"),
+            _system_config={"worker_niceness": niceness},
+        )
+        ray_started = True
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        print(f"ray:      started in {time.perf_counter() - started:.1f} s (not timed)")
+        pipeline = build_pipeline(
+            data, config, epoch=None, splits=("train",), batch_size=args.batch,
+            num_cpus=args.stage_cpus,
+        )  # fmt: skip
+        dataset = pipeline.datasets["train"]
+
+        def ray_batches() -> Iterable[dict]:
+            return dataset.iter_batches(
+                batch_size=args.batch,
+                batch_format="numpy",
+                prefetch_batches=args.prefetch_batches,
+                local_shuffle_buffer_size=shuffle_buffer or None,
+                local_shuffle_seed=args.seed if shuffle_buffer else None,
+            )
+
+        ray_warm = run(RAY, ray_batches, True)
+        print(f"warm-up:  {RAY} epoch {ray_warm.seconds:.2f} s (its workers start)", flush=True)
+        differ = [k for k in expected if not np.isclose(ray_warm.sums[k], warm.sums[k], rtol=1e-6)]
+        if differ:
+            raise BenchError(f"{len(differ)} images decode differently, e.g. {differ[0]}")
+        if pipeline.dropped():
+            raise BenchError(f"the pipeline dropped images: {pipeline.dropped()}")
+
+        sides = {RAY: ray_batches, LOADER: lambda: loader}
+        if args.reference:
+            sides[SERIAL] = serial_batches
+        logs = workdir / "ray" / "session_latest" / "logs"
+        workers_before = ray_workers(logs)
+        epochs: dict[str, list[Epoch]] = {side: [] for side in sides}
+        for repeat in range(args.repeats):
+            for side, batches in sides.items():
+                epoch = run(side, batches, False)
+                epochs[side].append(epoch)
+                cpu = "" if epoch.cpu_seconds is None else f", {epoch.cpu_seconds:6.2f} CPU s"
+                print(
+                    f"epoch {repeat + 1}: {side:11s} {epoch.seconds:6.2f} s{cpu}, "
+                    f"{len(expected) / epoch.seconds:6.1f} images/s, first batch after "
+                    f"{epoch.first_batch:.2f} s",
+                    flush=True,
+                )
+        new_workers = (ray_workers(logs) - workers_before) / args.repeats
+        tasks = re.search(r"MapBatches\(decode\): (\d+) tasks executed", dataset.stats())
+        end_load = load_average()
+    except BenchError as e:
+        print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+        if args.keep:
+            print(f"\nkept: {workdir}")
+        elif own_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(workdir / "ray", ignore_errors=True)
+
+    images = len(expected)
+    settings = {
+        RAY: f"ray.init(num_cpus={args.cpus}), build_pipeline(num_cpus={args.stage_cpus}), "
+        f"iter_batches(prefetch_batches={args.prefetch_batches}, "
+        f"local_shuffle_buffer_size={shuffle_buffer}), worker niceness {niceness}",
+        LOADER: f"num_workers={args.cpus}, persistent_workers, shuffle={shuffle_buffer > 0}",
+        SERIAL: "reference: decode_batch in this process, no workers",
+    }
+    print(
+        f"\n{images} images per epoch ({args.source_size} px JPEGs -> {args.size} px), batch "
+        f"{args.batch}, {args.cpus} CPUs each side, median of {args.repeats} epochs"
+    )
+    print_table(epochs, images, settings)
+    print(
+        f"\nRay Data: decode ran as {tasks.group(1) if tasks else 'n/a'} task(s) in the last "
+        f"epoch; {new_workers:.1f} new Ray worker processes per timed epoch"
+    )
+    print(f"load average at the end: {end_load} (1, 5, 15 min)")
+    if start_load[0] > 0.5 * (os.cpu_count() or 1):
+        print(
+            f"warning: the 1-minute load average was {start_load[0]:.2f} on {os.cpu_count()} "
+            "CPUs before the benchmark started: other jobs took CPU time, so images/s "
+            "understate every side; compare CPU s per epoch"
+        )
+    rate = {
+        side: images / statistics.median(e.seconds for e in runs) for side, runs in epochs.items()
+    }
+    print(f"Ray Data / DataLoader: {rate[RAY] / rate[LOADER]:.2f}x images/s (target >= 1.0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,459 @@
+"""Benchmark: the sample sweep with ASHA vs the same trials run to the end (trial-steps, time).
+
+Issue 7, ``sweep``: the sample sweep's total trial-steps and wall time with ASHA against the
+same trials run to the end, both in one invocation.
+
+    python bench/sweep.py [--num-samples 6] [--max-steps 120] [--val-every 40] [--seed 0]
+                          [--num-cpus N] [--max-concurrent N] [--keep]
+
+Defaults are the tiny preset's sweep (``python tune/search.py`` with no arguments) on the
+embedded sample. The script runs :func:`sevlm_train.search.run_search` twice, each time with
+a fresh Ray storage, model folder and MLflow store in a temporary folder:
+
+1. **ASHA**: the sweep as configured (Optuna TPE proposes, ASHA stops weak trials early).
+2. **to the end**: the same sweep code with the same data, configs and resources, except that
+   its searcher replays exactly the hyperparameters that (1) tried (Tune's
+   ``BasicVariantGenerator`` with ``points_to_evaluate``) and its scheduler is FIFO, so no
+   trial is stopped early. ``run_search`` takes no searcher or scheduler, so the script swaps
+   the two names that ``sevlm_train.search`` builds them from for the duration of this run;
+   it then checks that every trial of (2) ran the configs of (1) and reached its last step,
+   so a swap that did not take effect is caught rather than reported.
+
+A trial's steps are its last reported ``step`` (an ASHA-stopped trial's is the validation
+where it was stopped). Wall time is ``run_search``'s own (the data check, Tune, MLflow,
+registering the champion); trial time is the sum of the trials' MLflow run durations.
+Each sweep's best trial is chosen as the sweep does (best validation score among the trials
+that ran to their end). *Noise* is measured, not assumed: every trial that ran to its end in
+both sweeps ran the same config with the same seeds twice, and the largest difference between
+its two scores is the run-to-run noise. A different pick counts as "within the run-to-run
+noise" when its score in the run-to-the-end sweep is at most that far from that sweep's best;
+the distance is also printed against the spread of scores over trials. Variation across seeds
+is not measured (it would take more trials).
+
+The script exits non-zero, printing no verdict, when the runs disagree with what they should
+be (a failed trial, a trial without steps, a config that was not replayed, a trial of (2)
+short of its last step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import platform
+import shlex
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+class BenchError(RuntimeError):
+    """The run is broken: its figures must not be reported."""
+
+
+@dataclasses.dataclass
+class Trial:
+    """One trial of one sweep, as the benchmark needs it."""
+
+    params: dict
+    state: str
+    steps: int
+    best: float | None
+    seconds: float | None
+
+
+@dataclasses.dataclass
+class Sweep:
+    label: str
+    trials: list[Trial]
+    wall_s: float
+    champion: Trial | None
+
+    @property
+    def steps(self) -> int:
+        return sum(t.steps for t in self.trials)
+
+    @property
+    def trial_s(self) -> float | None:
+        times = [t.seconds for t in self.trials]
+        return None if None in times else sum(times)
+
+    def count(self, state: str) -> int:
+        return sum(t.state == state for t in self.trials)
+
+
+def key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---- the two sweeps ----
+
+
+def make_spec(args, arm: str, folder: Path, source, model, train, search, scaling):
+    """A fresh sweep in ``folder``: its own Ray storage, model folder and MLflow store (whose
+    experiment keeps its artifacts in ``folder`` too, not in ``./mlruns``)."""
+    from sevlm.text import UtterancePrep
+    from sevlm.tracking import DEFAULT_EXPERIMENT, client_for
+    from sevlm_train.sweep_spec import make_spec as new_spec
+
+    folder.mkdir(parents=True)
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client_for(uri).create_experiment(
+        DEFAULT_EXPERIMENT, artifact_location=(folder / "mlartifacts").as_uri()
+    )
+    return new_spec(
+        f"bench-{arm}",
+        source,
+        model,
+        train,
+        search,
+        scaling,
+        storage=str(folder / "ray"),
+        output=folder / "runs",
+        tracking_uri=uri,
+        experiment=DEFAULT_EXPERIMENT,
+        register_as="sevlm",
+        seed=args.seed,
+        prep=UtterancePrep(),
+    )
+
+
+@contextlib.contextmanager
+def replaying(search_module, configs: list[dict], concurrency: int) -> Iterator[None]:
+    """``run_search`` as it is, but its searcher replays ``configs`` in order, ``concurrency``
+    at a time (as Tune's ``max_concurrent_trials`` would: it ignores that setting for this
+    searcher), and its scheduler (FIFO) lets every trial run to its end. The sweep's
+    ``num_samples`` must be ``len(configs)``: the searcher samples the space for any more."""
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    names = ("PruningOptunaSearch", "FinishingASHA")
+    saved = {name: getattr(search_module, name) for name in names}  # AttributeError: renamed
+    search_module.PruningOptunaSearch = lambda **_: BasicVariantGenerator(
+        points_to_evaluate=[dict(c) for c in configs], max_concurrent=concurrency
+    )
+    search_module.FinishingASHA = lambda **_: FIFOScheduler()
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(search_module, name, value)
+
+
+def run_sweep(label: str, spec) -> Sweep:
+    from sevlm.tracking import client_for
+    from sevlm_train.search import run_search
+
+    say(f"---- sweep {label}: {spec.name} in {spec.storage} ----")
+    started = time.perf_counter()
+    outcome = run_search(spec, printer=say)
+    wall = time.perf_counter() - started
+    if not outcome.complete:
+        raise KeyboardInterrupt
+    client = client_for(spec.tracking_uri)
+    trials = []
+    for row in outcome.rows:
+        seconds = None
+        if row.run_id:
+            info = client.get_run(row.run_id).info
+            if info.start_time and info.end_time:
+                seconds = (info.end_time - info.start_time) / 1000
+        trials.append(Trial(row.params, row.state, row.steps, row.best, seconds))
+    champion = None
+    if outcome.champion is not None:
+        champion = next(t for t in trials if key(t.params) == key(outcome.champion.params))
+    say(f"sweep {label}: {len(trials)} trials, {sum(t.steps for t in trials)} trial-steps, "
+        f"{outcome.elapsed_s:.1f} s in run_search ({wall:.1f} s with the summary)")  # fmt: skip
+    return Sweep(label, trials, outcome.elapsed_s, champion)
+
+
+def check_sweep(sweep: Sweep, num_samples: int, max_steps: int) -> None:
+    """What a sweep must satisfy for its figures to mean anything."""
+    if any(t.state == "unfinished" for t in sweep.trials):  # Tune returns on Ctrl-C
+        raise KeyboardInterrupt
+    problems = []
+    if len(sweep.trials) != num_samples:
+        problems.append(f"{len(sweep.trials)} trials, not {num_samples}")
+    for t in sweep.trials:
+        if t.state not in ("finished", "pruned"):
+            problems.append(f"a trial {t.state} ({t.params})")
+        if t.steps <= 0:
+            problems.append(f"a trial with no steps ({t.params})")
+        if t.best is None:
+            problems.append(f"a trial with no score ({t.params})")
+        if t.state == "finished" and t.steps != max_steps:
+            problems.append(f"a finished trial stopped at step {t.steps} ({t.params})")
+        if t.state == "pruned" and t.steps >= max_steps:
+            problems.append(f"a pruned trial reached step {t.steps} ({t.params})")
+    if len(Counter(key(t.params) for t in sweep.trials)) != len(sweep.trials):
+        problems.append("two trials with the same config")
+    if sweep.champion is None:
+        problems.append("no champion")
+    if problems:
+        raise BenchError(f"{sweep.label}: " + "; ".join(problems))
+
+
+def check_replay(asha: Sweep, full: Sweep) -> None:
+    """The run-to-the-end sweep ran exactly the ASHA sweep's configs, and all to the end."""
+    problems = []
+    if Counter(key(t.params) for t in asha.trials) != Counter(key(t.params) for t in full.trials):
+        problems.append("the run-to-the-end sweep did not replay the ASHA sweep's configs")
+    if full.count("finished") != len(full.trials):
+        problems.append("the run-to-the-end sweep stopped trials early")
+    if problems:
+        raise BenchError("; ".join(problems))
+
+
+# ---- the report ----
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def bold_if(text: str, trial: Trial, champion: Trial | None) -> str:
+    return f"**{text}**" if champion is not None and trial is champion else text
+
+
+def report(asha: Sweep, full: Sweep, metric: str, mode: str, machine: str) -> str:
+    """The figures, as markdown tables and lines."""
+    lines: list[str] = []
+    emit = lines.append
+    in_full = {key(t.params): t for t in full.trials}
+    names = list(asha.trials[0].params)
+    number = {key(t.params): i for i, t in enumerate(asha.trials, 1)}  # in the order run
+
+    emit(machine)
+    emit(f"command: {command()}")
+    emit("")
+    emit(f"| # | {' | '.join(names)} | ASHA: state | ASHA: steps | ASHA: best {metric} "
+         f"| to the end: steps | to the end: best {metric} |")  # fmt: skip
+    emit("|---:|" + "---:|" * len(names) + "---|---:|---:|---:|---:|")
+    for t in asha.trials:
+        f = in_full[key(t.params)]
+        emit(f"| {number[key(t.params)]} | {' | '.join(fmt(t.params[n]) for n in names)} "
+             f"| {t.state} | {t.steps} | {bold_if(fmt(t.best), t, asha.champion)} "
+             f"| {f.steps} | {bold_if(fmt(f.best), f, full.champion)} |")  # fmt: skip
+    emit(f"\nBold: each sweep's best trial (best {metric} among the trials that ran to the end; "
+         f"{mode}).\n")  # fmt: skip
+
+    emit("| sweep | trials | ran to the end | stopped early | trial-steps | trial min "
+         "| sweep wall s | best trial | its best score |")  # fmt: skip
+    emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for s in (asha, full):
+        c = s.champion
+        trial_min = None if s.trial_s is None else s.trial_s / 60
+        emit(f"| {s.label} | {len(s.trials)} | {s.count('finished')} | {s.count('pruned')} "
+             f"| {s.steps} | {fmt(trial_min, 3)} | {s.wall_s:.1f} | #{number[key(c.params)]} "
+             f"| {fmt(c.best)} |")  # fmt: skip
+
+    saved = 1 - asha.steps / full.steps
+    emit(f"\nASHA saved {saved:.1%} of trial-steps ({asha.steps} vs {full.steps}; "
+         f"target >= 40%): {'met' if saved >= 0.4 else 'NOT met'}")  # fmt: skip
+    emit(f"wall time (run_search): ASHA {asha.wall_s:.1f} s vs to the end {full.wall_s:.1f} s, "
+         f"{less(asha.wall_s, full.wall_s)}")  # fmt: skip
+    if asha.trial_s is not None and full.trial_s is not None:
+        emit(f"trial time (sum of the trials' runs): ASHA {asha.trial_s:.1f} s vs to the end "
+             f"{full.trial_s:.1f} s, {less(asha.trial_s, full.trial_s)}")  # fmt: skip
+
+    pick, best = in_full[key(asha.champion.params)], full.champion
+    repeats = [
+        abs(t.best - in_full[key(t.params)].best) for t in asha.trials if t.state == "finished"
+    ]
+    noise = max(repeats)
+    scores = [t.best for t in full.trials]
+    spread = max(scores) - min(scores)
+    regret = abs(pick.best - best.best)
+    emit(f"run-to-run noise: the trials that ran to the end in both sweeps ({len(repeats)}, "
+         f"same config and seeds) differ by at most {noise:.4g} in {metric} "
+         f"(mean {sum(repeats) / len(repeats):.4g})")  # fmt: skip
+    emit(f"spread over trials (to the end): {spread:.4g} ({fmt(min(scores))} to "
+         f"{fmt(max(scores))})")  # fmt: skip
+    if key(pick.params) == key(best.params):
+        verdict = "the same trial"
+    else:
+        within = "within" if regret <= noise else "beyond"
+        verdict = f"a different trial, {within} the run-to-run noise"
+    share = f", {regret / spread:.1%} of the spread over trials" if spread > 0 else ""
+    emit(f"best trial: ASHA picked #{number[key(pick.params)]}, running every trial to the "
+         f"end picks #{number[key(best.params)]}: {verdict} (ASHA's pick scores "
+         f"{fmt(pick.best)} run to the end, the best {fmt(best.best)}: {regret:.4g} apart"
+         f"{share}; run-to-run noise {noise:.4g}; noise across seeds not measured)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def less(ours: float, theirs: float) -> str:
+    """``ours`` against ``theirs`` in words: "12.3% less" or "4.5% more"."""
+    change = 1 - ours / theirs
+    return f"ASHA {abs(change):.1%} {'less' if change >= 0 else 'more'}"
+
+
+def command() -> str:
+    env = " ".join(
+        f"{k}={shlex.quote(os.environ[k])}"
+        for k in ("OMP_NUM_THREADS", "RAY_ADDRESS", "SEVLM_CACHE")
+        if k in os.environ
+    )
+    line = shlex.join(["python", *sys.argv])
+    return f"{env} {line}" if env else line
+
+
+def describe_machine(args, scaling, search, train) -> str:
+    import ray
+
+    from sevlm_train.driver import scaling_config
+
+    resources = ray.cluster_resources()
+    config, threads = scaling_config(scaling, resources)
+    if torch.cuda.is_available():
+        device = f"cuda ({torch.cuda.get_device_name(0)}, {int(resources.get('GPU', 0))} in Ray)"
+    else:
+        device = "cpu"
+    return (
+        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, {device}; Python {platform.python_version()}, torch "
+        f"{torch.__version__}, ray {ray.__version__}; Ray cluster {int(resources.get('CPU', 0))} "
+        f"CPUs; {scaling.concurrent_runs} trials at once, each {config.num_workers} worker(s) "
+        f"with {threads} torch thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')})"
+        f"\nsweep: {args.preset} preset on the embedded sample, {search.num_samples} trials, "
+        f"{train.max_steps} steps, validation every {train.val_every}, ASHA grace "
+        f"{search.grace_period} validation(s), reduction {search.reduction_factor:g}, seed "
+        f"{args.seed}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
+    )
+
+
+# ---- main ----
+
+
+def start_ray(num_cpus: int | None) -> None:
+    """A new local Ray cluster, with its dashboard on a port chosen here.
+
+    When ASHA stops a trial, Ray Train's ``PlacementGroupCleaner`` frees the trial's worker
+    group through the state API (the dashboard). It finds the dashboard by itself only when
+    this is the one Ray cluster on the machine; otherwise it fails ("Found multiple active
+    Ray instances"), every stopped trial keeps its worker's CPU share, and on a 2-CPU machine
+    a later trial waits forever for the whole CPU that its Ray Data set-up needs. Telling the
+    cluster's processes where their dashboard is (they inherit this environment) avoids it.
+    """
+    import ray
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", dashboard_port=port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", help="model/train/search preset (tiny)")
+    parser.add_argument("--num-samples", type=int, help="trials (default: the preset's, 6)")
+    parser.add_argument("--max-steps", type=int, help="steps per trial (default: 120)")
+    parser.add_argument("--val-every", type=int, help="steps between validations (40)")
+    parser.add_argument("--seed", type=int, default=0, help="data split and Optuna seed (0)")
+    parser.add_argument(
+        "--num-cpus", type=int, help="CPUs of the local Ray cluster, >= 2 (default: all)"
+    )
+    parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if any(v is not None and v < 1 for v in (args.num_samples, args.max_steps, args.val_every)):
+        print("error: --num-samples, --max-steps and --val-every must be >= 1", file=sys.stderr)
+        return 2
+    if args.num_cpus is not None and args.num_cpus < 2:
+        # a trial holds 0.05 CPU and its Ray Data set-up starts a 1-CPU task: on a 1-CPU
+        # cluster that task never runs
+        print("error: --num-cpus must be >= 2 (a sweep hangs on a 1-CPU Ray cluster)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    folder = Path(tempfile.mkdtemp(prefix="sevlm-bench-sweep-"))
+    started_ray = False
+    try:
+        import ray
+
+        import sevlm_train.search as search_module
+        from sevlm.artemis import DataSource
+        from sevlm.config import load_configs, load_search_config
+        from sevlm.sample import cached_sample
+        from sevlm_train.driver import Scaling
+
+        data = cached_sample()
+        say(f"data: the embedded sample ({data}); work folder {folder}")
+        source = DataSource.resolve(data=str(data))
+        model, train = load_configs(args.preset, None, {})
+        search = load_search_config(args.preset)
+        trial = dict(search.trial)
+        trial.update(
+            {k: v for k, v in (("max_steps", args.max_steps), ("val_every", args.val_every))
+             if v is not None}
+        )  # fmt: skip
+        changes = {"trial": trial}
+        if args.num_samples is not None:
+            changes["num_samples"] = args.num_samples
+        search = dataclasses.replace(search, **changes)
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:  # our own cluster, never one someone else started on this machine
+            start_ray(args.num_cpus)
+            started_ray = True
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        scaling = Scaling()
+        scaling.concurrent_runs = search_module.trial_concurrency(
+            ray.cluster_resources(), scaling, args.max_concurrent or search.max_concurrent, say
+        )
+        spec = make_spec(args, "asha", folder / "asha", source, model, train, search, scaling)
+        trial_train = spec.configs[1]  # the preset's, with the sweep's trial settings
+        machine = describe_machine(args, scaling, search, trial_train)
+        say(machine)
+
+        asha = run_sweep("ASHA", spec)
+        check_sweep(asha, search.num_samples, trial_train.max_steps)
+        spec = make_spec(args, "full", folder / "full", source, model, train, search, scaling)
+        with replaying(search_module, [t.params for t in asha.trials], scaling.concurrent_runs):
+            full = run_sweep("to the end", spec)
+        check_sweep(full, search.num_samples, trial_train.max_steps)
+        check_replay(asha, full)
+        text = report(asha, full, spec.metric, spec.mode, machine)
+    except BenchError as e:
+        print(f"error: the runs are inconsistent, no figures reported: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        if args.keep:
+            say(f"kept {folder}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(text)  # last, after Ray's own output has stopped
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
