@@ -49,12 +49,9 @@ DataLoader (ratio >= 1.0).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import logging
 import os
-import platform
 import re
-import shlex
 import shutil
 import statistics
 import sys
@@ -66,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import load_average, print_header
 from torch.utils.data import DataLoader, Dataset
 
 from sevlm.artemis import DataSource, load_artemis
@@ -221,30 +219,6 @@ def ray_workers(logs: Path) -> int:
 # Reporting
 
 
-def load_average() -> str:
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def total_memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-    except (OSError, ValueError):
-        pass
-    return "unknown"
-
-
 def median_or_none(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if len(known) == len(values) and known else None
@@ -322,17 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         workdir, own_workdir = args.workdir.absolute(), False
         workdir.mkdir(parents=True, exist_ok=True)
-    print("sevlm data pipeline benchmark: Ray Data vs torch DataLoader")
-    print(f"date:     {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
-    print(f"command:  {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine:  {os.cpu_count()} CPUs ({cpu_model()}), {total_memory()} RAM")
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none"
-    print(f"device:   {device.type} (GPU: {gpu}), torch {torch.__version__}")
-    print(f"platform: {platform.platform()}")
-    print(f"python:   {platform.python_implementation()} {platform.python_version()}")
+    print_header("sevlm data pipeline benchmark: Ray Data vs torch DataLoader")
+    print(f"device:   {device.type}")
     print(f"workdir:  {workdir}")
-    start_load = os.getloadavg()
-    print(f"load:     {load_average()} (1, 5, 15 min) at the start")
 
     root = workdir / "sample"
     meter = CpuMeter()
@@ -473,12 +439,6 @@ def main(argv: list[str] | None = None) -> int:
         f"epoch; {new_workers:.1f} new Ray worker processes per timed epoch"
     )
     print(f"load average at the end: {end_load} (1, 5, 15 min)")
-    if start_load[0] > 0.5 * (os.cpu_count() or 1):
-        print(
-            f"warning: the 1-minute load average was {start_load[0]:.2f} on {os.cpu_count()} "
-            "CPUs before the benchmark started: other jobs took CPU time, so images/s "
-            "understate every side; compare CPU s per epoch"
-        )
     rate = {
         side: images / statistics.median(e.seconds for e in runs) for side, runs in epochs.items()
     }

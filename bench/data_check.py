@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -39,6 +37,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from machine import print_header
 
 from sevlm.artemis import IMAGE_EXTENSION, IMAGES_DIR_NAME, SKIP_REASONS, V1_CSV_NAME
 from sevlm.sample import write_sample
@@ -260,26 +260,6 @@ def bench_size(paintings: int, root: Path, args: argparse.Namespace) -> Result:
 # Reporting
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def total_memory() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-    except (OSError, ValueError):
-        pass
-    return "unknown"
-
-
 def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -357,12 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir, own_workdir = args.workdir, False
         workdir.mkdir(parents=True, exist_ok=True)
 
-    print("sevlm data check benchmark")
-    print(f"date:     {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}")
-    print(f"command:  {shlex.join([Path(sys.executable).name, *sys.argv])}")
-    print(f"machine:  {os.cpu_count()} CPUs ({cpu_model()}), {total_memory()} RAM")
-    print(f"platform: {platform.platform()}")
-    print(f"python:   {platform.python_implementation()} {platform.python_version()}")
+    print_header("sevlm data check benchmark")
     print(f"workdir:  {workdir}")
 
     roots = [workdir / f"paintings-{n}" for n in sizes]

@@ -17,12 +17,12 @@ decoding must give the same tokens. The ratio is the target of issue 7: cached a
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 
 import torch
+from machine import print_header
 
 from sevlm.config import ModelConfig
 from sevlm.generate import Decoder
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    print_header("sevlm generation benchmark: KV-cached vs uncached decoding")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -89,8 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     rate = lambda s: args.batch / s  # noqa: E731
     print(
-        f"machine: {platform.processor() or platform.machine()}, {device.type}, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}, "
+        f"settings: {device.type}, {torch.get_num_threads()} threads; preset {args.preset}, "
         f"batch {args.batch}, {args.new_tokens} new tokens, median of {args.repeats}"
     )
     print("| decoding | s per batch | explanations/s |")

@@ -42,7 +42,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
-import platform
 import shlex
 import shutil
 import socket
@@ -53,7 +52,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
+from machine import print_header
 
 
 class BenchError(RuntimeError):
@@ -315,22 +314,17 @@ def command() -> str:
     return f"{env} {line}" if env else line
 
 
-def describe_machine(args, scaling, search, train) -> str:
+def describe_run(args, scaling, search, train) -> str:
     import ray
 
     from sevlm_train.driver import scaling_config
 
     resources = ray.cluster_resources()
     config, threads = scaling_config(scaling, resources)
-    if torch.cuda.is_available():
-        device = f"cuda ({torch.cuda.get_device_name(0)}, {int(resources.get('GPU', 0))} in Ray)"
-    else:
-        device = "cpu"
     return (
-        f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, {device}; Python {platform.python_version()}, torch "
-        f"{torch.__version__}, ray {ray.__version__}; Ray cluster {int(resources.get('CPU', 0))} "
-        f"CPUs; {scaling.concurrent_runs} trials at once, each {config.num_workers} worker(s) "
+        f"ray: {ray.__version__}; cluster {int(resources.get('CPU', 0))} CPUs, "
+        f"{int(resources.get('GPU', 0))} GPUs; {scaling.concurrent_runs} trials at once, "
+        f"each {config.num_workers} worker(s) "
         f"with {threads} torch thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')})"
         f"\nsweep: {args.preset} preset on the embedded sample, {search.num_samples} trials, "
         f"{train.max_steps} steps, validation every {train.val_every}, ASHA grace "
@@ -387,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --num-cpus must be >= 2 (a sweep hangs on a 1-CPU Ray cluster)",
               file=sys.stderr)  # fmt: skip
         return 2
+    print_header("sevlm sweep benchmark: ASHA vs every trial run to the end")
     folder = Path(tempfile.mkdtemp(prefix="sevlm-bench-sweep-"))
     started_ray = False
     try:
@@ -425,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         spec = make_spec(args, "asha", folder / "asha", source, model, train, search, scaling)
         trial_train = spec.configs[1]  # the preset's, with the sweep's trial settings
-        machine = describe_machine(args, scaling, search, trial_train)
+        machine = describe_run(args, scaling, search, trial_train)
         say(machine)
 
         asha = run_sweep("ASHA", spec)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from machine import print_header
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig, preset_values
@@ -252,15 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         result = ray_loop(args) if args.only == "ray" else bare_loop(args, args.only)
         print("RESULT " + json.dumps(result), flush=True)
         return 0
+    print_header("sevlm training-step benchmark: released recipe vs ours vs ours through Ray")
     settings = args.settings.split(",")
     with tempfile.TemporaryDirectory(prefix="sevlm-bench-cache-") as temp:
         args.cache_root = args.cache_root or Path(temp)
         args.cache = build_cache(args)
         results = {s: run_child(args, s) for s in settings}
-    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{device}, torch {torch.__version__}, {args.threads} threads; preset {args.preset} "
+        f"settings: {device}, {args.threads} threads; preset {args.preset} "
         f"(frozen encoder), batch {args.batch} images ({2 * args.batch} sequences), "
         f"grad_accum {args.grad_accum}, {args.steps} timed steps after {args.warmup}; "
         f"ours: precision {args.precision}, compile {args.compile}"

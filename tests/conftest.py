@@ -1,4 +1,4 @@
-"""Shared fixtures: the embedded sample and a tiny hand-made ArtEmis folder."""
+"""Shared fixtures: the embedded sample, a tiny hand-made ArtEmis folder, a local Ray."""
 
 from __future__ import annotations
 
@@ -17,6 +17,24 @@ from sevlm.artemis import IMAGES_DIR_NAME, V1_CSV_NAME
 from sevlm.sample import SampleSummary, write_sample
 
 HEADER = ("art_style", "painting", "emotion", "utterance", "repetition")
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory: pytest.TempPathFactory):
+    """A 2-CPU local Ray for one test module, offline, without dashboard or progress bars."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=str(tmp_path_factory.mktemp("ray")),
+        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}},
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -214,23 +214,6 @@ def test_lookup_of_an_unknown_painting_says_why(encoder, example, tmp_path) -> N
 # ---- through Ray ----
 
 
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}},
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
 def with_broken_image(loaded: ArtemisData, folder: Path) -> tuple[ArtemisData, str]:
     """The data with one validation painting's image replaced by bytes that do not decode."""
     broken = copy.copy(loaded)

@@ -6,27 +6,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.examples import ExampleConfig, iter_batches
 
 CONFIG = ExampleConfig(image_size=32, max_len=30)
-
-
-@pytest.fixture(scope="module")
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-    )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def _collect(dataset) -> dict[str, np.ndarray]:

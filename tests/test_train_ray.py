@@ -32,21 +32,6 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        _temp_dir=str(tmp_path_factory.mktemp("ray")),
-        runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def data(sample):
     source = DataSource.resolve(data=str(sample.out))
     return source, load_artemis(source)
