@@ -1,9 +1,15 @@
-"""Shared fixtures: the embedded sample, a tiny hand-made ArtEmis folder, a local Ray."""
+"""Shared fixtures: the embedded sample, a model trained on it, a tiny hand-made ArtEmis
+folder, a local Ray."""
 
 from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 # Tests never reach a model hub: fail fast instead of retrying a network that is not there.
@@ -41,6 +47,41 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory):
 def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleSummary:
     """The default embedded sample, written once per test session (read-only for tests)."""
     return write_sample(tmp_path_factory.mktemp("sample"))
+
+
+@dataclass(frozen=True)
+class TrainedOnSample:
+    """What ``sevlm train`` left after training the tiny preset on the embedded sample."""
+
+    model: Path
+    """The exported model directory."""
+    stdout: str
+    """What the command printed: the model's folder and URI, its figures."""
+    stderr: str
+    """Its progress: the data report, Ray's and the workers' logs, the checkpoint it picked."""
+    minutes: float
+    """Its wall time, Ray start to export."""
+
+
+@pytest.fixture(scope="session")
+def trained_on_sample(sample, tmp_path_factory: pytest.TempPathFactory) -> TrainedOnSample:
+    """``sevlm train`` on the sample with the tiny preset's defaults, as a user runs it: about
+    seven minutes on 2 cores, so once per session, for the tests of what it learned and of
+    evaluating and explaining it."""
+    root = tmp_path_factory.mktemp("trained")
+    ray_tmp = tempfile.mkdtemp(prefix="sevlm-ray-", dir="/tmp")  # Unix sockets: short paths
+    started = time.perf_counter()
+    done = subprocess.run(
+        [Path(sys.executable).parent / "sevlm", "train", "--data", str(sample.out),
+         "--preset", "tiny", "--output", str(root / "run"),
+         "--tracking-uri", f"sqlite:///{root}/mlflow.db"],
+        capture_output=True, text=True, env={**os.environ, "RAY_TMPDIR": ray_tmp}, cwd=root,
+        timeout=1500,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"sevlm train exited {done.returncode}:\n{done.stderr[-3000:]}")
+    minutes = (time.perf_counter() - started) / 60
+    return TrainedOnSample(root / "run" / "model", done.stdout, done.stderr, minutes)
 
 
 def write_csv(path: Path, rows: list[tuple], header: tuple[str, ...] = HEADER) -> Path:

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from collections import Counter
-from pathlib import Path
 
 import torch
+from conftest import TrainedOnSample
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.examples import ExampleConfig
@@ -22,24 +17,16 @@ from sevlm.weights import load_pretrained
 CHANCE = 1 / 9
 
 
-def test_sevlm_train_on_the_sample_learns_emotions(sample, tmp_path: Path) -> None:
-    sevlm = Path(sys.executable).parent / "sevlm"
-    ray_tmp = tempfile.mkdtemp(prefix="sevlm-ray-", dir="/tmp")  # Unix sockets: short paths
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_tmp}
-    started = time.perf_counter()
-    done = subprocess.run(
-        [sevlm, "train", "--data", str(sample.out), "--preset", "tiny",
-         "--output", str(tmp_path / "run"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500,
-    )  # fmt: skip
-    minutes = (time.perf_counter() - started) / 60
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"model: {tmp_path / 'run' / 'model'}" in done.stdout
-    assert "MLflow run:" in done.stdout
+def test_sevlm_train_on_the_sample_learns_emotions(
+    sample, trained_on_sample: TrainedOnSample
+) -> None:
+    run = trained_on_sample
+    assert f"model: {run.model}" in run.stdout and "MLflow run:" in run.stdout
+    (picked,) = [line for line in run.stderr.splitlines() if line.startswith("best checkpoint")]
 
     data = load_artemis(DataSource.resolve(data=str(sample.out)))
     test = data.split("test")
-    loaded = load_pretrained(tmp_path / "run" / "model")
+    loaded = load_pretrained(run.model)
     example = ExampleConfig(image_size=64, lexicon=str(sample.lexicon))
     decoder = Decoder(loaded.model, loaded.tokenizer, loaded.lexicon)
     part = evaluate_shard(loaded.model, test, example, decoder, torch.device("cpu"))
@@ -47,5 +34,7 @@ def test_sevlm_train_on_the_sample_learns_emotions(sample, tmp_path: Path) -> No
     majority = Counter(dominant_emotion([a.emotion for a in p.annotations]) for p in test)
     baseline = majority.most_common(1)[0][1] / len(test)  # always the most common emotion
     print(f"test-split emotion accuracy {accuracy:.3f} (chance {CHANCE:.3f}, majority "
-          f"{baseline:.3f}) after {minutes:.1f} min")  # fmt: skip
-    assert accuracy >= 0.5 and accuracy >= baseline + 0.2  # seen: 0.70 vs 0.30, in 5.5 min
+          f"{baseline:.3f}) after {run.minutes:.1f} min; {picked}")  # fmt: skip
+    # Seen: 0.75 vs 0.30 in 7.5 min (step 400 picked). While the tiny preset still picked by
+    # validation BLEU-4, one CI run exported an earlier checkpoint and got 0.45.
+    assert accuracy >= 0.5 and accuracy >= baseline + 0.2
