@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stepper = Stepper(wrapped, model, train_cfg, device)
     if saved is not None:
         stepper.load_state_dict(saved["stepper"])
-        print(f"[sevlm] resumed at step {state.step} (epoch {state.epoch})", flush=True)
+        _say(f"[sevlm] resumed at step {state.step} (epoch {state.epoch})")
 
     source = DataSource.from_dict(config["source"])
     data = load_artemis(source, seed=config["data_seed"], prep=UtterancePrep(**config["prep"]))
@@ -143,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         )
         if logger is not None:  # before the checkpoint: a failure in between replays this step
             logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, state.step)
-            print(_line("val", state.step, metrics), flush=True)
+            _say(_line("val", state.step, metrics))
         _report(metrics, model, stepper, state, rank)
 
     since, images_since = time.perf_counter(), 0
@@ -174,7 +175,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics["train/images_per_s"] = images_since / max(now - since, 1e-9) * world
                 since, images_since = now, 0
                 logger.log(metrics, state.step)
-                print(_line("train", state.step, metrics), flush=True)
+                _say(_line("train", state.step, metrics))
             if state.step % train_cfg.val_every == 0 or state.step == train_cfg.max_steps:
                 validate()
             if state.step >= train_cfg.max_steps or state.stopped:
@@ -250,6 +251,13 @@ def _trace_file(rank: int) -> Path | None:
         return None
     (Path(folder) / f"rank{rank}.node").write_text(ray.get_runtime_context().get_node_id())
     return Path(folder) / f"rank{rank}.tsv"
+
+
+def _say(line: str) -> None:
+    """One progress line to the driver's stderr. Not ``print`` to ``sys.stderr``: Ray Train
+    replaces ``print`` in its workers with one that both writes and logs the line, and the
+    driver shows each line twice."""
+    print(line, file=sys.__stderr__, flush=True)
 
 
 def _line(kind: str, step: int, metrics: dict) -> str:
