@@ -1,4 +1,4 @@
-"""Benchmark: training samples/s and peak memory in three settings, one after the other:
+"""Benchmark: training samples/s and peak memory of each setting, one after the other:
 
 - ``released``: the released recipe's settings: the frozen encoder runs on the pixels at every
   step, fp32. Images are decoded before timing, as its DataLoader workers would hide that.
