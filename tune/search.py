@@ -1,7 +1,7 @@
 """Search SEVLM's loss hyperparameters: Ray Tune + Optuna TPE + ASHA, every trial in MLflow.
 
 With no arguments: the embedded sample (written on first use into a cache folder), the tiny
-preset and a sweep sized to finish in 10 to 16 minutes on two CPU cores. On a cluster:
+preset and a sweep sized to finish in 10 to 19 minutes on two CPU cores. On a cluster:
 
     ray job submit --working-dir . -- python tune/search.py --data /shared/artemis \\
         --preset paper --storage /shared/ray --tracking-uri http://HEAD:5000
