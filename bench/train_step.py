@@ -99,6 +99,16 @@ def measure(step, warmup: int, steps: int, device: torch.device) -> tuple[float,
     return time.perf_counter() - started, warm
 
 
+def timed_result(step, args: argparse.Namespace, device: torch.device) -> dict:
+    """A setting's figures: images/s over the timed steps, peak memory, warm-up seconds."""
+    seconds, warm = measure(step, args.warmup, args.steps, device)
+    return {
+        "images_per_s": args.steps * args.batch / seconds,
+        "peak_mib": peak_mib(device),
+        "warmup_s": warm,
+    }
+
+
 def peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -124,12 +134,7 @@ def bare_loop(args: argparse.Namespace, setting: str) -> dict:
     def step(i: int) -> None:
         stepper.step(to_device(encode_batch(load(i), example, epoch=0), device))
 
-    seconds, warm = measure(step, args.warmup, args.steps, device)
-    return {
-        "images_per_s": args.steps * args.batch / seconds,
-        "peak_mib": peak_mib(device),
-        "warmup_s": warm,
-    }
+    return timed_result(step, args, device)
 
 
 def ray_worker_loop(config: dict) -> None:
@@ -159,12 +164,7 @@ def ray_worker_loop(config: dict) -> None:
     def step(i: int) -> None:
         stepper.step(to_device(encode_batch(next(source), example, epoch=0), device))
 
-    seconds, warm = measure(step, args.warmup, args.steps, device)
-    result = {
-        "images_per_s": args.steps * args.batch / seconds,
-        "peak_mib": peak_mib(device),
-        "warmup_s": warm,
-    }
+    result = timed_result(step, args, device)
     Path(config["out"]).write_text(json.dumps(result))  # Train V2 keeps no checkpoint-less metrics
 
 
