@@ -254,9 +254,9 @@ def _trace_file(rank: int) -> Path | None:
 
 
 def _say(line: str) -> None:
-    """One progress line to the driver's stderr. Not ``print`` to ``sys.stderr``: Ray Train
-    replaces ``print`` in its workers with one that both writes and logs the line, and the
-    driver shows each line twice."""
+    """One progress line to the worker's own stderr, which Ray forwards to the driver. Not
+    ``print`` to ``sys.stderr``: Ray Train replaces ``print`` in its workers with one that both
+    writes and logs the line, and the driver shows each line twice."""
     print(line, file=sys.__stderr__, flush=True)
 
 
