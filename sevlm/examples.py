@@ -8,7 +8,7 @@ single-process runs call them directly.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -95,6 +95,24 @@ def painting_records(paintings: list[Painting]) -> dict[str, list]:
     }
 
 
+def epoch_records(records: dict[str, list], epochs: int, seed: int) -> dict[str, list]:
+    """``epochs`` copies of the records, each in its own random order, with an ``epoch``
+    column (the copy's index, 0 to ``epochs`` - 1): several training epochs as one stream.
+
+    The order of copy ``e`` depends only on ``seed`` and ``e``. Row counts stay exact: every
+    record appears once per copy.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    rows = len(records["key"])
+    order = [
+        int(i) for e in range(epochs) for i in np.random.default_rng([seed, e]).permutation(rows)
+    ]
+    out = {name: [values[i] for i in order] for name, values in records.items()}
+    out["epoch"] = [e for e in range(epochs) for _ in range(rows)]
+    return out
+
+
 def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, list[str]]]:
     """Add ``pixel_values`` ``[B, 3, S, S]``; rows whose image cannot be read are dropped.
 
@@ -118,13 +136,18 @@ def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, li
     return out, dropped
 
 
-def encode_batch(batch: dict, config: ExampleConfig, epoch: int) -> dict:
-    """The paired sequences of each row for ``epoch`` (see :func:`encode_pair`)."""
+def encode_batch(batch: dict, config: ExampleConfig, epoch: int | Sequence[int]) -> dict:
+    """The paired sequences of each row for ``epoch`` (see :func:`encode_pair`): one epoch
+    for the whole batch, or one per row (a batch of a stream of epochs may span two)."""
     builder = sequence_builder(config.tokenizer, config.lexicon, config.max_len)
+    rows = len(batch["key"])
+    epochs = [int(epoch)] * rows if np.ndim(epoch) == 0 else [int(e) for e in epoch]
+    if len(epochs) != rows:
+        raise ValueError(f"{len(epochs)} epochs for a batch of {rows} rows")
     pairs = []
-    for key, cell in zip(batch["key"], batch["annotations"], strict=True):
+    for key, cell, row_epoch in zip(batch["key"], batch["annotations"], epochs, strict=True):
         emotions, texts = zip(*json.loads(str(cell)), strict=True)
-        pairs.append(encode_pair(builder, emotions, texts, str(key), epoch, config.seed))
+        pairs.append(encode_pair(builder, emotions, texts, str(key), row_epoch, config.seed))
     out = dict(batch)
     for name in ("input_ids", "labels", "segment_ids", "vad", "vad_mask", "emotion", "has_pair"):
         out[name] = np.stack([p[name] for p in pairs]) if pairs else np.zeros((0,))

@@ -25,7 +25,13 @@ import torch
 
 from sevlm.artemis import SPLITS, ArtemisData
 from sevlm.config import ModelConfig
-from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
+from sevlm.examples import (
+    ExampleConfig,
+    decode_batch,
+    encode_batch,
+    epoch_records,
+    painting_records,
+)
 from sevlm.feature_cache import (
     FeatureCache,
     attach_features,
@@ -83,17 +89,24 @@ def build_pipeline(
     batch_size: int = 32,
     num_cpus: float = 0.25,
     features: Path | str | None = None,
+    epochs_per_pass: int = 1,
 ) -> Pipeline:
     """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``.
 
     With ``epoch=None`` the datasets stop after decoding: rows keep their ``annotations`` and
     the consumer draws each epoch's pairs itself (:func:`sevlm.examples.encode_batch`), as the
-    trainer does, since one dataset serves every epoch.
+    trainer does, since one dataset serves every epoch. With ``epochs_per_pass`` > 1 (only
+    then) each dataset streams that many epochs in one read, each in its own random order,
+    rows tagged with their ``epoch`` in the pass (:func:`sevlm.examples.epoch_records`): Ray
+    Data plans and starts a read anew each time, about a second each on a small machine, and
+    a pass pays it once for all its epochs (see :func:`epochs_per_pass`).
 
     With ``features`` (a feature cache folder, see :func:`cache_features`) rows carry the
     cached ``image_features`` instead of ``pixel_values``: no image is decoded. Paintings the
     cache lacks are dropped and counted by the reason it recorded.
     """
+    if epochs_per_pass > 1 and epoch is not None:
+        raise ValueError("epochs_per_pass > 1 needs epoch=None: the consumer pairs each epoch")
     counter = DropCounter.remote()
 
     def decode(batch: dict) -> dict:
@@ -114,7 +127,10 @@ def build_pipeline(
     tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
     result = {}
     for split in splits:
-        table = datasets.Dataset.from_dict(painting_records(data.split(split)))
+        records = painting_records(data.split(split))
+        if epochs_per_pass > 1:
+            records = epoch_records(records, epochs_per_pass, config.seed)
+        table = datasets.Dataset.from_dict(records)
         blocks = block_count(len(table), batch_size, tasks)
         ds = ray.data.from_huggingface(table, override_num_blocks=blocks)
         opts = {
@@ -127,15 +143,34 @@ def build_pipeline(
     return Pipeline(result, counter)
 
 
+PASS_ROWS = 20_000
+"""Rows a training pass streams at least, where the run is that long: enough that the
+second or so a Ray Data read takes to start is a small share of it."""
+
+
+def epochs_per_pass(rows: int, batch_size: int, max_steps: int) -> int:
+    """Epochs the trainer streams in one read of its dataset: as many as make
+    :data:`PASS_ROWS` rows, but no more than the run needs (``max_steps`` batches of
+    ``batch_size`` images, the workers together, from a split of ``rows``). ArtEmis's 68k
+    training images make a pass of one epoch; the sample's few hundred, one pass for the
+    whole run."""
+    if rows < 1:
+        return 1
+    needed = math.ceil(max_steps * batch_size / rows)
+    return max(1, min(needed, math.ceil(PASS_ROWS / rows)))
+
+
 def block_count(rows: int, batch_size: int, tasks: int) -> int:
-    """Blocks of a split's records: about four batches each, at least four per concurrent
+    """Blocks of a split's records: about sixteen batches each, at least four per concurrent
     task, none smaller than a batch. One block (Ray's default for an in-memory table) would
-    decode a whole epoch in one task, on one CPU, before the first batch arrived.
+    decode a whole epoch in one task, on one CPU, before the first batch arrived; many small
+    ones lose time between tasks, since Ray Data notices a finished task only at its next
+    poll, up to 0.1 s later (``WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` in Ray Data 2.60).
 
     The tasks are capped at the cluster's CPUs (``tasks``): with fractional CPUs and no cap,
     Ray starts more worker processes than it keeps idle, and every epoch would pay their
     start (each imports torch) again."""
-    by_batches = math.ceil(rows / (4 * batch_size))
+    by_batches = math.ceil(rows / (16 * batch_size))
     return max(1, min(math.ceil(rows / batch_size), max(4 * tasks, by_batches)))
 
 

@@ -28,7 +28,7 @@ from sevlm.config import ModelConfig, TrainConfig
 from sevlm.examples import ExampleConfig
 from sevlm.feature_cache import FeatureCache
 from sevlm.lexicon import VADLexicon, read_lexicon
-from sevlm.pipeline import build_pipeline, cache_features
+from sevlm.pipeline import build_pipeline, cache_features, epochs_per_pass
 from sevlm.sample import cache_root
 from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
@@ -191,7 +191,10 @@ def run_training(
     if uri.startswith(("sqlite:", "file:")) and len(ray.nodes()) > 1:
         printer(f"warning: {uri} is a store on this machine only; workers on other nodes "
                 "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
-    pipeline = build_pipeline(data, example, epoch=None, splits=("train",), features=features)
+    per_pass = epochs_per_pass(len(data.split("train")), train_cfg.batch_size, train_cfg.max_steps)
+    pipeline = build_pipeline(
+        data, example, epoch=None, splits=("train",), features=features, epochs_per_pass=per_pass
+    )
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -206,6 +209,7 @@ def run_training(
             "run_id": run_id,
             "threads": threads,
             "feature_cache": feature_cache_spec(features),
+            "epochs_per_pass": per_pass,
         },
         scaling_config=config,
         run_config=ray.train.RunConfig(

@@ -1,10 +1,12 @@
 """The Ray Train loop: what every worker of a training run (and of every search trial) runs.
 
-Each worker reads its shard of the training images, draws the epoch's annotation pairs,
-and steps the model with :class:`sevlm.training.Stepper`. At each validation the workers
-evaluate disjoint slices of the validation images, gather them, and rank 0 writes a
-checkpoint (model, optimizer, scheduler, scaler, step, data position, RNG states) that Ray
-persists and reports with the metrics. A restarted worker group resumes from it.
+Each worker reads its shard of the training images, a pass of several epochs at a time
+(``epochs_per_pass``, see :func:`sevlm.pipeline.epochs_per_pass`), draws each row's
+annotation pair for its epoch, and steps the model with :class:`sevlm.training.Stepper`.
+At each validation the workers evaluate disjoint slices of the validation images, gather
+them, and rank 0 writes a checkpoint (model, optimizer, scheduler, scaler, step, data
+position, RNG states) that Ray persists and reports with the metrics. A restarted worker
+group resumes from it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -53,7 +56,10 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0
+    """The epoch of the last row trained on."""
+    stream_pass: int = 0
+    """Passes over the training dataset finished: each streams ``epochs_per_pass`` epochs."""
+    batch_in_pass: int = 0
     best: float | None = None
     stale: int = 0
     stopped: bool = False
@@ -147,6 +153,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _say(_line("val", state.step, metrics))
         _report(metrics, model, stepper, state, rank)
 
+    per_pass = config.get("epochs_per_pass", 1)
     since, images_since = time.perf_counter(), 0
     while state.step < train_cfg.max_steps and not state.stopped:
         seen = 0
@@ -155,19 +162,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             batch_format="numpy",
             drop_last=True,
             local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=train_cfg.seed + state.epoch,
+            local_shuffle_seed=train_cfg.seed + state.stream_pass,
         ):
             seen += 1
-            if seen <= state.batch_in_epoch:
-                continue  # resumed inside this epoch: these batches were trained already
+            if seen <= state.batch_in_pass:
+                continue  # resumed inside this pass: these batches were trained already
             fault.check(state.step + 1)
-            tensors = to_device(encode_batch(batch, example, state.epoch), device)
+            epochs = state.stream_pass * per_pass + batch.get("epoch", 0)
+            state.epoch = int(np.max(epochs))
+            tensors = to_device(encode_batch(batch, example, epochs), device)
             if trace is not None:
                 with open(trace, "a") as f:
-                    f.write(f"{state.epoch}\t" + "\t".join(map(str, batch["key"])) + "\n")
+                    row_epochs = np.broadcast_to(epochs, len(batch["key"]))
+                    rows = zip(row_epochs, batch["key"], strict=True)
+                    f.write("\t".join(f"{e}:{k}" for e, k in rows) + "\n")
             metrics = stepper.step(tensors)
             state.step += 1
-            state.batch_in_epoch += 1
+            state.batch_in_pass += 1
             images_since += per_worker
             if logger is not None and state.step % train_cfg.log_every == 0:
                 now = time.perf_counter()
@@ -186,8 +197,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     f"worker {rank} got no batch of {per_worker} images: the training split "
                     "is smaller than the batch; lower train.batch_size"
                 )
-            state.epoch += 1
-            state.batch_in_epoch = 0
+            state.stream_pass += 1
+            state.batch_in_pass = 0
 
 
 def open_feature_cache(

@@ -74,5 +74,51 @@ def test_block_count_spreads_decoding_over_the_tasks() -> None:
     # a sample-size split: at least four blocks per task, none smaller than a batch
     assert block_count(170, 16, 2) == 8
     assert block_count(20, 16, 2) == 2 and block_count(5, 16, 8) == 1
-    # ArtEmis-size: about four batches a block
-    assert block_count(68_000, 32, 2) == 532
+    # ArtEmis-size: about sixteen batches a block
+    assert block_count(68_000, 32, 2) == 133
+
+
+def test_epochs_per_pass_covers_the_run_up_to_a_pass_size() -> None:
+    from sevlm.pipeline import PASS_ROWS, epochs_per_pass
+
+    assert epochs_per_pass(200, 16, 120) == 10  # the sample: the whole run in one pass
+    assert epochs_per_pass(200, 16, 10_000) == PASS_ROWS // 200  # capped at a pass's rows
+    assert epochs_per_pass(68_000, 32, 100_000) == 1  # ArtEmis: an epoch a pass
+    assert epochs_per_pass(0, 16, 10) == 1
+
+
+def test_epoch_records_repeat_each_record_once_per_epoch_in_a_seeded_order() -> None:
+    from sevlm.examples import epoch_records
+
+    records = {"key": [f"k{i}" for i in range(50)], "image": [f"i{i}" for i in range(50)]}
+    stream = epoch_records(records, 3, seed=7)
+    assert stream["epoch"] == [0] * 50 + [1] * 50 + [2] * 50
+    for e in range(3):
+        keys = stream["key"][50 * e : 50 * (e + 1)]
+        assert sorted(keys) == sorted(records["key"])
+        assert keys != records["key"]  # shuffled
+    assert stream["key"][:50] != stream["key"][50:100]  # each epoch its own order
+    pairs = {(k, i) for k, i in zip(stream["key"], stream["image"], strict=True)}
+    assert pairs == set(zip(records["key"], records["image"], strict=True))  # rows kept whole
+    assert epoch_records(records, 3, seed=7) == stream  # seeded
+    assert epoch_records(records, 3, seed=8)["key"] != stream["key"]
+
+
+def test_a_pass_streams_several_epochs_in_one_read(ray_local, sample) -> None:
+    from sevlm.examples import encode_batch
+    from sevlm.pipeline import build_pipeline
+
+    data = load_artemis(DataSource.resolve(data=str(sample.out)))
+    config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
+    pipeline = build_pipeline(data, config, epoch=None, splits=("val",), epochs_per_pass=3)
+    rows = pipeline.datasets["val"].take_all()
+    keys = {p.key for p in data.split("val")}
+    assert len(rows) == 3 * len(keys)
+    for e in range(3):
+        assert sorted(str(r["key"]) for r in rows if r["epoch"] == e) == sorted(keys)
+    # per-row epochs pair each row as its own epoch would
+    batch = {k: [r[k] for r in rows[:6]] for k in ("key", "annotations")}
+    mixed = encode_batch(batch, config, [0, 1, 2, 0, 1, 2])
+    for i, e in enumerate([0, 1, 2, 0, 1, 2]):
+        one = encode_batch({k: v[i : i + 1] for k, v in batch.items()}, config, e)
+        np.testing.assert_array_equal(mixed["input_ids"][i], one["input_ids"][0])

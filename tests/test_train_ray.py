@@ -59,9 +59,10 @@ def metric_steps(tmp_path: Path, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def trained_batches(trace: Path) -> list[tuple[int, list[str]]]:
+def trained_batches(trace: Path) -> list[list[tuple[int, str]]]:
+    """Each trained batch's rows as (epoch, painting key)."""
     lines = trace.read_text().splitlines() if trace.exists() else []
-    return [(int(line.split("\t")[0]), line.split("\t")[1:]) for line in lines]
+    return [[(int(e), k) for e, k in (t.split(":", 1) for t in ln.split("\t"))] for ln in lines]
 
 
 def test_two_workers_disjoint_shards_and_exact_validation(ray_local, data, tmp_path, monkeypatch):
@@ -71,9 +72,11 @@ def test_two_workers_disjoint_shards_and_exact_validation(ray_local, data, tmp_p
     rank0 = trained_batches(tmp_path / "trace" / "rank0.tsv")
     rank1 = trained_batches(tmp_path / "trace" / "rank1.tsv")
     assert len(rank0) == len(rank1) == 6  # each worker stepped 6 times, 2 images a step
-    for epoch in {e for e, _ in rank0}:
-        keys0 = {k for e, ks in rank0 if e == epoch for k in ks}
-        keys1 = {k for e, ks in rank1 if e == epoch for k in ks}
+    rows0 = [row for batch in rank0 for row in batch]
+    rows1 = [row for batch in rank1 for row in batch]
+    for epoch in {e for e, _ in rows0}:
+        keys0 = {k for e, k in rows0 if e == epoch}
+        keys1 = {k for e, k in rows1 if e == epoch}
         assert keys0 and keys1 and not keys0 & keys1
     checkpoints = sorted(
         p for p in (tmp_path / "storage" / "two").glob("checkpoint_*") if p.is_dir()
