@@ -5,18 +5,23 @@
 - ``ours``: the encoder's output read from the feature cache, mixed precision where the device
   has it (bf16 / fp16; CPU stays fp32). A bare PyTorch loop.
 - ``ray``: ``ours`` through a Ray Train ``TorchTrainer`` with one worker, fed by the Ray Data
-  pipeline the trainer uses (cache lookups in Ray Data tasks): the cost of Ray itself.
+  pipeline the trainer uses (cache lookups in Ray Data tasks, several epochs per read as the
+  trainer picks them): the cost of Ray itself.
 - ``compiled`` (only when asked for in ``--settings``): ``ours`` with the model's forward
   through ``torch.compile`` (``--compile``, inductor by default). Its warm-up steps include
   the compilation, which is timed apart and printed.
 
     python bench/train_step.py [--preset tiny] [--batch N] [--steps 30] [--warmup 5]
+    python bench/train_step.py --settings ours,ray --steps 60 --rounds 5
     python bench/train_step.py --settings ours,compiled [--compile inductor]
 
 Each setting runs in its own process (a fresh peak memory): the same model, seed, batches
 and per-step work (pairing and tokenizing each batch, the optimizer step). Images per second
-count images (each with two sequences). Peak memory is ``torch.cuda.max_memory_allocated``
-on a GPU, else the training process's peak resident memory (RSS, its whole footprint).
+count images (each with two sequences). With ``--rounds N`` every setting runs N times, in
+alternating order, and the table shows medians; each ratio is the median of the rounds' own
+ratios (the machine's speed drifts; a single round's Ray overhead varied by 0.08 between runs).
+Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, else the training process's peak
+resident memory (RSS, its whole footprint).
 The encoder is frozen in every setting, as in the paper's preset, so that the cache applies.
 """
 
@@ -26,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -151,18 +157,21 @@ def ray_worker_loop(config: dict) -> None:
     wrapped = ray.train.torch.prepare_model(model)
     stepper = Stepper(wrapped, model, train_cfg, device)
     shard = ray.train.get_dataset_shard("train")
+    per_pass = config["epochs_per_pass"]
 
     def batches() -> Iterator[dict]:
-        for epoch in range(10_000):  # as sevlm_train.loop reads it, epoch after epoch
-            yield from shard.iter_batches(
+        for stream_pass in range(10_000):  # as sevlm_train.loop reads it, pass after pass
+            for batch in shard.iter_batches(
                 batch_size=args.batch, batch_format="numpy", drop_last=True,
-                local_shuffle_buffer_size=4 * args.batch, local_shuffle_seed=epoch,
-            )  # fmt: skip
+                local_shuffle_buffer_size=4 * args.batch, local_shuffle_seed=stream_pass,
+            ):  # fmt: skip
+                yield batch, stream_pass * per_pass + batch.get("epoch", 0)
 
     source = batches()
 
     def step(i: int) -> None:
-        stepper.step(to_device(encode_batch(next(source), example, epoch=0), device))
+        batch, epochs = next(source)
+        stepper.step(to_device(encode_batch(batch, example, epochs), device))
 
     result = timed_result(step, args, device)
     Path(config["out"]).write_text(json.dumps(result))  # Train V2 keeps no checkpoint-less metrics
@@ -174,7 +183,7 @@ def ray_loop(args: argparse.Namespace) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from sevlm.pipeline import build_pipeline
+    from sevlm.pipeline import build_pipeline, epochs_per_pass
     from sevlm_train.driver import Scaling, scaling_config
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
@@ -182,9 +191,11 @@ def ray_loop(args: argparse.Namespace) -> dict:
         ray.data.DataContext.get_current().enable_progress_bars = False
         model_cfg, _ = configs(args, "ours")
         data = load_artemis(DataSource.resolve(data=args.data))
+        rows, steps = len(data.split("train")), args.warmup + args.steps
+        per_pass = epochs_per_pass(rows, args.batch, steps)  # as the trainer reads its data
         pipeline = build_pipeline(
             data, example_for(args, model_cfg), epoch=None, splits=("train",),
-            batch_size=args.batch, features=args.cache,
+            batch_size=args.batch, features=args.cache, epochs_per_pass=per_pass,
         )  # fmt: skip
         scaling, _ = scaling_config(Scaling(num_workers=1))
         with tempfile.TemporaryDirectory(prefix="sevlm-bench-ray-") as storage:
@@ -194,6 +205,7 @@ def ray_loop(args: argparse.Namespace) -> dict:
                 train_loop_config={
                     "args": {**vars(args), "cache": str(args.cache)},
                     "out": str(out),
+                    "epochs_per_pass": per_pass,
                 },
                 scaling_config=scaling,
                 run_config=ray.train.RunConfig(name="bench", storage_path=storage),
@@ -221,6 +233,14 @@ def build_cache(args: argparse.Namespace) -> Path:
         )  # fmt: skip
     finally:
         ray.shutdown()
+
+
+RATIOS = [
+    ("ours", "released", "ours / released: {:.2f}x (target on GPU, paper preset: >= 3x)"),
+    ("ray", "ours", "ray / ours (bare loop): {:.3f} (target: >= 0.90)"),
+    ("compiled", "ours", "compiled / ours: {:.2f}x"),
+]
+"""Ratios printed when both settings ran: (numerator, denominator, line)."""
 
 
 def run_child(args: argparse.Namespace, setting: str) -> dict:
@@ -253,6 +273,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every setting this many times, in alternating order; figures are medians",
+    )
+    parser.add_argument(
         "--settings",
         default=",".join(DEFAULT_SETTINGS),
         help=f"comma-separated, of {', '.join(SETTINGS)} (default: {','.join(DEFAULT_SETTINGS)})",
@@ -266,7 +292,30 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.settings.split(",")) - set(SETTINGS)
     if unknown:
         parser.error(f"--settings: unknown {', '.join(sorted(unknown))}")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return args
+
+
+def run_rounds(args: argparse.Namespace, settings: list[str]) -> list[dict[str, dict]]:
+    """Every setting once a round, in reverse order every other round, so that a drift in
+    the machine's speed hits each setting alike."""
+    rounds = []
+    for i in range(args.rounds):
+        order = settings if i % 2 == 0 else settings[::-1]
+        results = {}
+        for setting in order:
+            results[setting] = run_child(args, setting)
+            if args.rounds > 1:
+                rate = results[setting]["images_per_s"]
+                print(f"round {i + 1}: {setting} {rate:.1f} images/s", flush=True)
+        rounds.append({s: results[s] for s in settings})
+    return rounds
+
+
+def median_ratio(rounds: list[dict[str, dict]], top: str, bottom: str) -> float:
+    """The median over rounds of each round's own ``top`` / ``bottom`` images/s."""
+    return statistics.median(r[top]["images_per_s"] / r[bottom]["images_per_s"] for r in rounds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,13 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sevlm-bench-cache-") as temp:
         args.cache_root = args.cache_root or Path(temp)
         args.cache = build_cache(args)
-        results = {s: run_child(args, s) for s in settings}
+        rounds = run_rounds(args, settings)
+    results = {
+        s: {k: statistics.median(r[s][k] for r in rounds) for k in rounds[0][s]} for s in settings
+    }
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
         f"settings: {device}, {args.threads} threads; preset {args.preset} "
         f"(frozen encoder), batch {args.batch} images ({2 * args.batch} sequences), "
         f"grad_accum {args.grad_accum}, {args.steps} timed steps after {args.warmup}; "
         f"ours: precision {args.precision}"
+        + (f"; median of {args.rounds} rounds" if args.rounds > 1 else "")
         + (f"; compiled: torch.compile backend {args.compile}" if "compiled" in results else "")
     )
     memory = "peak allocated MiB" if torch.cuda.is_available() else "peak RSS MiB"
@@ -295,15 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['warmup_s']:.1f} |")
-    if "released" in results and "ours" in results:
-        ratio = results["ours"]["images_per_s"] / results["released"]["images_per_s"]
-        print(f"ours / released: {ratio:.2f}x (target on GPU, paper preset: >= 3x)")
-    if "ours" in results and "ray" in results:
-        ratio = results["ray"]["images_per_s"] / results["ours"]["images_per_s"]
-        print(f"ray / ours (bare loop): {ratio:.3f} (target: >= 0.90)")
-    if "ours" in results and "compiled" in results:
-        ratio = results["compiled"]["images_per_s"] / results["ours"]["images_per_s"]
-        print(f"compiled / ours: {ratio:.2f}x")
+    for top, bottom, line in RATIOS:
+        if top in results and bottom in results:
+            ratios = [r[top]["images_per_s"] / r[bottom]["images_per_s"] for r in rounds]
+            each = f" (rounds: {', '.join(f'{x:.3f}' for x in ratios)})" if len(rounds) > 1 else ""
+            print(line.format(median_ratio(rounds, top, bottom)) + each)
     return 0
 
 
