@@ -44,7 +44,7 @@ from machine import print_header
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig, preset_values
-from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
+from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records, pass_epochs
 from sevlm.feature_cache import FeatureCache, attach_features
 from sevlm.sample import cached_sample
 from sevlm.tokenizer import load_tokenizer
@@ -165,7 +165,7 @@ def ray_worker_loop(config: dict) -> None:
                 batch_size=args.batch, batch_format="numpy", drop_last=True,
                 local_shuffle_buffer_size=4 * args.batch, local_shuffle_seed=stream_pass,
             ):  # fmt: skip
-                yield batch, stream_pass * per_pass + batch.get("epoch", 0)
+                yield batch, pass_epochs(batch, stream_pass, per_pass)
 
     source = batches()
 
@@ -313,11 +313,6 @@ def run_rounds(args: argparse.Namespace, settings: list[str]) -> list[dict[str, 
     return rounds
 
 
-def median_ratio(rounds: list[dict[str, dict]], top: str, bottom: str) -> float:
-    """The median over rounds of each round's own ``top`` / ``bottom`` images/s."""
-    return statistics.median(r[top]["images_per_s"] / r[bottom]["images_per_s"] for r in rounds)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
@@ -352,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if top in results and bottom in results:
             ratios = [r[top]["images_per_s"] / r[bottom]["images_per_s"] for r in rounds]
             each = f" (rounds: {', '.join(f'{x:.3f}' for x in ratios)})" if len(rounds) > 1 else ""
-            print(line.format(median_ratio(rounds, top, bottom)) + each)
+            print(line.format(statistics.median(ratios)) + each)  # of each round's own ratio
     return 0
 
 

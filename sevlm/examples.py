@@ -113,6 +113,13 @@ def epoch_records(records: dict[str, list], epochs: int, seed: int) -> dict[str,
     return out
 
 
+def pass_epochs(batch: dict, stream_pass: int, epochs_per_pass: int) -> np.ndarray | int:
+    """The training epoch of each row of a batch read in pass ``stream_pass`` (counted from
+    0) of a stream of ``epochs_per_pass`` epochs: the row's ``epoch`` column (see
+    :func:`epoch_records`; 0 when there is none) plus the epochs of the passes before."""
+    return stream_pass * epochs_per_pass + batch.get("epoch", 0)
+
+
 def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, list[str]]]:
     """Add ``pixel_values`` ``[B, 3, S, S]``; rows whose image cannot be read are dropped.
 

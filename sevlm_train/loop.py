@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
-from sevlm.examples import ExampleConfig, encode_batch
+from sevlm.examples import ExampleConfig, encode_batch, pass_epochs
 from sevlm.feature_cache import FeatureCache, cache_key, encoder_name, key_digest
 from sevlm.generate import Decoder
 from sevlm.lexicon import VADLexicon, read_lexicon
@@ -168,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if seen <= state.batch_in_pass:
                 continue  # resumed inside this pass: these batches were trained already
             fault.check(state.step + 1)
-            epochs = state.stream_pass * per_pass + batch.get("epoch", 0)
+            epochs = pass_epochs(batch, state.stream_pass, per_pass)
             state.epoch = int(np.max(epochs))
             tensors = to_device(encode_batch(batch, example, epochs), device)
             if trace is not None:

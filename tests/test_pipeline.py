@@ -104,6 +104,13 @@ def test_epoch_records_repeat_each_record_once_per_epoch_in_a_seeded_order() -> 
     assert epoch_records(records, 3, seed=8)["key"] != stream["key"]
 
 
+def test_pass_epochs_count_the_passes_before() -> None:
+    from sevlm.examples import pass_epochs
+
+    assert list(pass_epochs({"epoch": np.array([0, 2, 2])}, 1, 3)) == [3, 5, 5]
+    assert pass_epochs({"key": np.array(["a"])}, 4, 1) == 4  # one epoch a pass: no column
+
+
 def test_a_pass_streams_several_epochs_in_one_read(ray_local, sample) -> None:
     from sevlm.examples import encode_batch
     from sevlm.pipeline import build_pipeline
