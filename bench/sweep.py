@@ -4,7 +4,7 @@ Issue 7, ``sweep``: the sample sweep's total trial-steps and wall time with ASHA
 same trials run to the end, both in one invocation.
 
     python bench/sweep.py [--num-samples 6] [--max-steps 120] [--val-every 40] [--seed 0]
-                          [--num-cpus N] [--max-concurrent N] [--keep]
+                          [--seeds 3] [--num-cpus N] [--max-concurrent N] [--keep]
 
 Defaults are the tiny preset's sweep (``python tune/search.py`` with no arguments) on the
 embedded sample. The script runs :func:`sevlm_train.search.run_search` twice, each time with
@@ -27,8 +27,17 @@ that ran to their end). *Noise* is measured, not assumed: every trial that ran t
 both sweeps ran the same config with the same seeds twice, and the largest difference between
 its two scores is the run-to-run noise. A different pick counts as "within the run-to-run
 noise" when its score in the run-to-the-end sweep is at most that far from that sweep's best;
-the distance is also printed against the spread of scores over trials. Variation across seeds
-is not measured (it would take more trials).
+the distance is also printed against the spread of scores over trials.
+
+3. **seeds** (``--seeds N``, 3; 1 skips it): the *noise across seeds*, which decides whether a
+   different pick matters. ASHA's pick and the run-to-the-end sweep's best are run to the end
+   again with training seeds ``seed+1 .. seed+N-1`` (weights, data order, dropout; the data
+   split stays), replayed and FIFO as in (2); their seed-``seed`` scores are those of (2).
+   Each config gets the mean and standard deviation of its N scores. A different pick is
+   *within the noise across seeds* when the two configs' means are at most one pooled
+   standard deviation apart (a sweep runs each config once, and one run's score moves by
+   more than that between seeds, so one run per config cannot tell them apart), or when the
+   pick's mean is the better one.
 
 The script exits non-zero, printing no verdict, when the runs disagree with what they should
 be (a failed trial, a trial without steps, a config that was not replayed, a trial of (2)
@@ -41,10 +50,12 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import math
 import os
 import shlex
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
@@ -88,6 +99,9 @@ class Sweep:
 
     def count(self, state: str) -> int:
         return sum(t.state == state for t in self.trials)
+
+    def by_key(self, params: dict) -> Trial:
+        return next(t for t in self.trials if key(t.params) == key(params))
 
 
 def key(params: dict) -> tuple:
@@ -205,6 +219,22 @@ def check_sweep(sweep: Sweep, num_samples: int, max_steps: int) -> None:
         raise BenchError(f"{sweep.label}: " + "; ".join(problems))
 
 
+def seed_points(asha: Sweep, full: Sweep, base: int, seeds: int) -> list[dict]:
+    """ASHA's pick and the run-to-the-end best (once if they are the same config), each with
+    training seeds ``base+1 .. base+seeds-1``."""
+    configs = {key(t.params): t.params for t in (asha.champion, full.champion)}
+    return [{**c, "seed": base + s} for c in configs.values() for s in range(1, seeds)]
+
+
+def seed_scores(full: Sweep, seeded: Sweep, base: int) -> dict[tuple, dict[int, float]]:
+    """Config -> {training seed: best score}, seed ``base`` from the run-to-the-end sweep."""
+    scores: dict[tuple, dict[int, float]] = {}
+    for t in seeded.trials:
+        params = {k: v for k, v in t.params.items() if k != "seed"}
+        scores.setdefault(key(params), {base: full.by_key(params).best})[t.params["seed"]] = t.best
+    return scores
+
+
 def check_replay(asha: Sweep, full: Sweep) -> None:
     """The run-to-the-end sweep ran exactly the ASHA sweep's configs, and all to the end."""
     problems = []
@@ -231,7 +261,14 @@ def bold_if(text: str, trial: Trial, champion: Trial | None) -> str:
     return f"**{text}**" if champion is not None and trial is champion else text
 
 
-def report(asha: Sweep, full: Sweep, metric: str, mode: str, machine: str) -> str:
+def report(
+    asha: Sweep,
+    full: Sweep,
+    seeded: dict[tuple, dict[int, float]] | None,
+    metric: str,
+    mode: str,
+    machine: str,
+) -> str:
     """The figures, as markdown tables and lines."""
     lines: list[str] = []
     emit = lines.append
@@ -285,7 +322,8 @@ def report(asha: Sweep, full: Sweep, metric: str, mode: str, machine: str) -> st
          f"(mean {sum(repeats) / len(repeats):.4g})")  # fmt: skip
     emit(f"spread over trials (to the end): {spread:.4g} ({fmt(min(scores))} to "
          f"{fmt(max(scores))})")  # fmt: skip
-    if key(pick.params) == key(best.params):
+    same = key(pick.params) == key(best.params)
+    if same:
         verdict = "the same trial"
     else:
         within = "within" if regret <= noise else "beyond"
@@ -294,8 +332,57 @@ def report(asha: Sweep, full: Sweep, metric: str, mode: str, machine: str) -> st
     emit(f"best trial: ASHA picked #{number[key(pick.params)]}, running every trial to the "
          f"end picks #{number[key(best.params)]}: {verdict} (ASHA's pick scores "
          f"{fmt(pick.best)} run to the end, the best {fmt(best.best)}: {regret:.4g} apart"
-         f"{share}; run-to-run noise {noise:.4g}; noise across seeds not measured)")  # fmt: skip
+         f"{share}; run-to-run noise {noise:.4g})")  # fmt: skip
+    if seeded is None:
+        emit("noise across seeds: not measured (--seeds 1)")
+        kept = same or regret <= noise
+    else:
+        within = seed_verdict(lines, seeded, pick, best, number, metric, mode)
+        kept = same or within
+    met = saved >= 0.4 and kept
+    emit(f"\ntarget (ASHA saves >= 40% of trial-steps, with the same best trial or one within "
+         f"noise): {'met' if met else 'NOT met'}")  # fmt: skip
     return "\n".join(lines)
+
+
+def seed_verdict(
+    lines: list[str],
+    seeded: dict[tuple, dict[int, float]],
+    pick: Trial,
+    best: Trial,
+    number: dict[tuple, int],
+    metric: str,
+    mode: str,
+) -> bool:
+    """The seeds table, appended to ``lines``; whether ASHA's pick is within the noise across
+    seeds of the best (means at most one pooled standard deviation apart)."""
+    lines.append(f"\n| # | seeds | {metric} per seed | mean | std |")
+    lines.append("|---:|---:|---|---:|---:|")
+    stats = {}
+    for config, by_seed in seeded.items():
+        values = [by_seed[s] for s in sorted(by_seed)]
+        stats[config] = statistics.mean(values), statistics.stdev(values)
+        per_seed = ", ".join(f"{fmt(v)} ({s})" for s, v in sorted(by_seed.items()))
+        lines.append(f"| {number[config]} | {len(values)} | {per_seed} "
+                     f"| {stats[config][0]:.4g} | {stats[config][1]:.4g} |")  # fmt: skip
+    (mean_p, std_p), (mean_b, std_b) = stats[key(pick.params)], stats[key(best.params)]
+    if key(pick.params) == key(best.params):
+        runs = len(seeded[key(best.params)])
+        lines.append(f"noise across seeds: #{number[key(best.params)]}'s {metric} has a "
+                     f"standard deviation of {std_b:.4g} over {runs} seeds")  # fmt: skip
+        return True
+    pooled = math.sqrt((std_p**2 + std_b**2) / 2)
+    gap = abs(mean_p - mean_b)
+    better_pick = mean_p < mean_b if mode == "min" else mean_p > mean_b
+    if better_pick:
+        verdict = "better on average than the best to the end"
+    else:
+        verdict = f"{'within' if gap <= pooled else 'beyond'} the noise across seeds"
+    lines.append(f"noise across seeds: ASHA's pick #{number[key(pick.params)]} {mean_p:.4g} "
+                 f"± {std_p:.4g}, the best to the end #{number[key(best.params)]} {mean_b:.4g} "
+                 f"± {std_b:.4g} (mean ± std over seeds): the means are {gap:.4g} apart, the "
+                 f"pooled std is {pooled:.4g}; ASHA's pick is {verdict}")  # fmt: skip
+    return better_pick or gap <= pooled
 
 
 def less(ours: float, theirs: float) -> str:
@@ -363,6 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val-every", type=int, help="steps between validations (40)")
     parser.add_argument("--seed", type=int, default=0, help="data split and Optuna seed (0)")
     parser.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="seeds per config for the noise across seeds (3; 1: not measured)",
+    )
+    parser.add_argument(
         "--num-cpus", type=int, help="CPUs of the local Ray cluster, >= 2 (default: all)"
     )
     parser.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
@@ -372,8 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if any(v is not None and v < 1 for v in (args.num_samples, args.max_steps, args.val_every)):
-        print("error: --num-samples, --max-steps and --val-every must be >= 1", file=sys.stderr)
+    counts = (args.num_samples, args.max_steps, args.val_every, args.seeds)
+    if any(v is not None and v < 1 for v in counts):
+        print("error: --num-samples, --max-steps, --val-every and --seeds must be >= 1",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.num_cpus is not None and args.num_cpus < 2:
         # a trial holds 0.05 CPU and its Ray Data set-up starts a 1-CPU task: on a 1-CPU
@@ -430,7 +525,19 @@ def main(argv: list[str] | None = None) -> int:
             full = run_sweep("to the end", spec)
         check_sweep(full, search.num_samples, trial_train.max_steps)
         check_replay(asha, full)
-        text = report(asha, full, spec.metric, spec.mode, machine)
+        seeded = None
+        if args.seeds > 1:
+            points = seed_points(asha, full, trial_train.seed, args.seeds)
+            space = {**search.space, "seed": {"choice": sorted({p["seed"] for p in points})}}
+            search = dataclasses.replace(search, space=space, num_samples=len(points))
+            spec = make_spec(args, "seeds", folder / "seeds", source, model, train, search, scaling)
+            with replaying(search_module, points, scaling.concurrent_runs):
+                seeds = run_sweep("seeds", spec)
+            check_sweep(seeds, len(points), trial_train.max_steps)
+            if seeds.count("finished") != len(points):
+                raise BenchError("seeds: a trial stopped early")
+            seeded = seed_scores(full, seeds, trial_train.seed)
+        text = report(asha, full, seeded, spec.metric, spec.mode, machine)
     except BenchError as e:
         print(f"error: the runs are inconsistent, no figures reported: {e}", file=sys.stderr)
         return 1
