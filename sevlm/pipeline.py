@@ -22,6 +22,7 @@ import datasets
 import numpy as np
 import ray
 import torch
+from ray.data import RandomSeedConfig
 
 from sevlm.artemis import SPLITS, ArtemisData
 from sevlm.config import ModelConfig
@@ -95,11 +96,16 @@ def build_pipeline(
 
     With ``epoch=None`` the datasets stop after decoding: rows keep their ``annotations`` and
     the consumer draws each epoch's pairs itself (:func:`sevlm.examples.encode_batch`), as the
-    trainer does, since one dataset serves every epoch. With ``epochs_per_pass`` > 1 (only
-    then) each dataset streams that many epochs in one read, each in its own random order,
-    rows tagged with their ``epoch`` in the pass (:func:`sevlm.examples.epoch_records`): Ray
-    Data plans and starts a read anew each time, about a second each on a small machine, and
-    a pass pays it once for all its epochs (see :func:`epochs_per_pass`).
+    trainer does, since one dataset serves every epoch. Each read is then one training pass
+    of ``epochs_per_pass`` epochs, never in the records' sorted (style/painting) order:
+
+    - ``epochs_per_pass`` > 1: one read streams that many epochs, each in its own seeded
+      random order, rows tagged with their ``epoch`` in the pass
+      (:func:`sevlm.examples.epoch_records`). Ray Data plans and starts a read anew each
+      time, about a second each on a small machine, and a pass pays it once for all its
+      epochs (see :func:`epochs_per_pass`). Every pass repeats the same orders.
+    - ``epochs_per_pass`` == 1 (a large split): Ray Data shuffles the records before
+      decoding, seeded and anew for every read, so every epoch has its own order.
 
     With ``features`` (a feature cache folder, see :func:`cache_features`) rows carry the
     cached ``image_features`` instead of ``pixel_values``: no image is decoded. Paintings the
@@ -128,11 +134,13 @@ def build_pipeline(
     result = {}
     for split in splits:
         records = painting_records(data.split(split))
-        if epochs_per_pass > 1:
+        if epoch is None and epochs_per_pass > 1:
             records = epoch_records(records, epochs_per_pass, config.seed)
         table = datasets.Dataset.from_dict(records)
         blocks = block_count(len(table), batch_size, tasks)
         ds = ray.data.from_huggingface(table, override_num_blocks=blocks)
+        if epoch is None and epochs_per_pass == 1:  # records only: cheap next to decoding
+            ds = ds.random_shuffle(seed=RandomSeedConfig(seed=config.seed), num_cpus=num_cpus)
         opts = {
             "batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus,
             "compute": ray.data.TaskPoolStrategy(size=tasks),
