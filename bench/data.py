@@ -31,15 +31,17 @@ pixels are copied to the GPU in every loop.
 
 Besides wall time, the script reads from ``/proc`` the CPU time (user + system) that each
 side's processes spent in each pass: this process plus the DataLoader's workers, or this
-process plus every Ray process it started (workers, raylet, GCS). CPU seconds per epoch show
-how much work each side does per image, and CPU seconds over wall seconds how many CPUs it
-kept busy: figures that mean something on a machine that other jobs share, where images/s
-alone do not (the script prints the load average before and after, and warns when other jobs
-loaded the machine before it started). "First batch" is the time from asking for a pass to
-its first batch: Ray Data plans and launches the pipeline anew for every read (about a second
-on this kind of machine), which is why the trainer reads several short epochs at once. After
-the table, the script says how many tasks Ray ran the decode as, and how many new Ray worker
-processes each pass started (each imports torch and transformers to run ``decode_batch``).
+process plus every Ray process it started (workers, raylet, GCS). (A pass in which one of the
+side's processes ended has no CPU figure, and neither has the side's row: the ended process's
+time may be lost.) CPU seconds per epoch show how much work each side does per image, and CPU
+seconds over wall seconds how many CPUs it kept busy: figures that mean something on a machine
+that other jobs share, where images/s alone do not (the script prints the load average before
+and after, and warns when other jobs loaded the machine before it started). "First batch" is
+the time from asking for a pass to its first batch: Ray Data plans and launches the pipeline
+anew for every read (about a second on this kind of machine), which is why the trainer reads
+several short epochs at once. After the table, the script says how many tasks Ray ran the
+decode as, and how many new Ray worker processes each pass started (each imports torch and
+transformers to run ``decode_batch``).
 
 Every pass must deliver every training image exactly E times (the same key set on every side),
 and in the warm-up Ray Data and the DataLoader must agree on every image's pixels, or the
@@ -132,6 +134,20 @@ def descendants(table: dict[int, tuple[int, float]], roots: Iterable[int]) -> se
     return found
 
 
+@dataclass(frozen=True)
+class CpuReading:
+    """A side's CPU seconds so far, and the processes they were summed over."""
+
+    seconds: float
+    pids: frozenset[int]
+
+    def since(self, before: CpuReading) -> float | None:
+        """CPU seconds from ``before`` to this reading; None when a process of ``before``
+        ended in between: its time may have gone with it (Ray ends idle workers, and their
+        parent need not be one of the side's processes), so the difference could be short."""
+        return self.seconds - before.seconds if before.pids <= self.pids else None
+
+
 @dataclass
 class CpuMeter:
     """CPU seconds of this process and, per side, of the processes that side started."""
@@ -145,7 +161,7 @@ class CpuMeter:
         table = proc_table()
         self.loader_roots = {pid for pid, (parent, _) in table.items() if parent == self.me}
 
-    def seconds(self, side: str) -> float | None:
+    def seconds(self, side: str) -> CpuReading | None:
         try:
             table = proc_table()
         except OSError:
@@ -159,7 +175,7 @@ class CpuMeter:
         else:
             pids = set()
         own = sum(os.times()[:2])  # this process, all threads; not its children
-        return own + sum(table[pid][1] for pid in pids)
+        return CpuReading(own + sum(table[pid][1] for pid in pids), frozenset(pids))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,7 +196,7 @@ def consume(
     device: torch.device,
     size: int,
     checksums: bool,
-    cpu: Callable[[], float | None],
+    cpu: Callable[[], CpuReading | None],
 ) -> Pass:
     """Read a pass as training does (pixels to ``device``), timed."""
     keys: list[str] = []
@@ -202,7 +218,7 @@ def consume(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     cpu_after = cpu()
-    used = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    used = None if cpu_before is None or cpu_after is None else cpu_after.since(cpu_before)
     return Pass(seconds, first_batch or seconds, used, keys, sums)
 
 
@@ -418,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
             for side, batches in sides.items():
                 one = run(side, batches, False)
                 passes[side].append(one)
-                cpu = "" if one.cpu_seconds is None else f", {one.cpu_seconds:6.2f} CPU s"
+                cpu = (
+                    ", CPU s n/a (a process ended in the pass)"
+                    if one.cpu_seconds is None
+                    else f", {one.cpu_seconds:6.2f} CPU s"
+                )
                 print(
                     f"pass {repeat + 1}: {side:11s} {one.seconds:6.2f} s{cpu}, "
                     f"{len(one.keys) / one.seconds:6.1f} images/s, first batch after "
