@@ -185,12 +185,12 @@ def run_sweep(label: str, spec) -> Sweep:
             if info.start_time and info.end_time:
                 seconds = (info.end_time - info.start_time) / 1000
         trials.append(Trial(row.params, row.state, row.steps, row.best, seconds))
-    champion = None
+    sweep = Sweep(label, trials, outcome.elapsed_s, None)
     if outcome.champion is not None:
-        champion = next(t for t in trials if key(t.params) == key(outcome.champion.params))
-    say(f"sweep {label}: {len(trials)} trials, {sum(t.steps for t in trials)} trial-steps, "
+        sweep.champion = sweep.by_key(outcome.champion.params)
+    say(f"sweep {label}: {len(trials)} trials, {sweep.steps} trial-steps, "
         f"{outcome.elapsed_s:.1f} s in run_search ({wall:.1f} s with the summary)")  # fmt: skip
-    return Sweep(label, trials, outcome.elapsed_s, champion)
+    return sweep
 
 
 def check_sweep(sweep: Sweep, num_samples: int, max_steps: int) -> None:
@@ -272,7 +272,6 @@ def report(
     """The figures, as markdown tables and lines."""
     lines: list[str] = []
     emit = lines.append
-    in_full = {key(t.params): t for t in full.trials}
     names = list(asha.trials[0].params)
     number = {key(t.params): i for i, t in enumerate(asha.trials, 1)}  # in the order run
 
@@ -283,7 +282,7 @@ def report(
          f"| to the end: steps | to the end: best {metric} |")  # fmt: skip
     emit("|---:|" + "---:|" * len(names) + "---|---:|---:|---:|---:|")
     for t in asha.trials:
-        f = in_full[key(t.params)]
+        f = full.by_key(t.params)
         emit(f"| {number[key(t.params)]} | {' | '.join(fmt(t.params[n]) for n in names)} "
              f"| {t.state} | {t.steps} | {bold_if(fmt(t.best), t, asha.champion)} "
              f"| {f.steps} | {bold_if(fmt(f.best), f, full.champion)} |")  # fmt: skip
@@ -309,9 +308,9 @@ def report(
         emit(f"trial time (sum of the trials' runs): ASHA {asha.trial_s:.1f} s vs to the end "
              f"{full.trial_s:.1f} s, {less(asha.trial_s, full.trial_s)}")  # fmt: skip
 
-    pick, best = in_full[key(asha.champion.params)], full.champion
+    pick, best = full.by_key(asha.champion.params), full.champion
     repeats = [
-        abs(t.best - in_full[key(t.params)].best) for t in asha.trials if t.state == "finished"
+        abs(t.best - full.by_key(t.params).best) for t in asha.trials if t.state == "finished"
     ]
     noise = max(repeats)
     scores = [t.best for t in full.trials]
