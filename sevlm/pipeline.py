@@ -134,12 +134,14 @@ def build_pipeline(
     result = {}
     for split in splits:
         records = painting_records(data.split(split))
-        if epoch is None and epochs_per_pass > 1:
+        if epochs_per_pass > 1:  # epoch is None: checked above
             records = epoch_records(records, epochs_per_pass, config.seed)
         table = datasets.Dataset.from_dict(records)
         blocks = block_count(len(table), batch_size, tasks)
         ds = ray.data.from_huggingface(table, override_num_blocks=blocks)
-        if epoch is None and epochs_per_pass == 1:  # records only: cheap next to decoding
+        if epoch is None and epochs_per_pass == 1:
+            # the records, not the pixels; its tasks still cost about 5 s a read on 2 CPUs
+            # (bench/RESULTS.md), the price of chance-level batch mixing at ArtEmis's size
             ds = ds.random_shuffle(seed=RandomSeedConfig(seed=config.seed), num_cpus=num_cpus)
         opts = {
             "batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus,
