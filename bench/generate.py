@@ -33,13 +33,14 @@ from sevlm.weights import build_model
 
 def timed(fn, repeats: int) -> tuple[float, object]:
     """The median wall time of ``repeats`` calls after one warm-up call, and the last result."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     result = fn()
+    sync()  # the warm-up's queued GPU work stays out of the first timed call
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - started)
     return statistics.median(times), result
 

@@ -1,9 +1,10 @@
 """A cache of a frozen image encoder's features, so sweep trials never run the encoder.
 
 With the encoder frozen (the paper's preset), its output for a painting is the same in every
-epoch of every trial. It is computed once (:func:`sevlm.pipeline.cache_features`, with Ray
-Data) and stored here: one folder per key, the key naming everything the features depend on
-(encoder, its weights, image size and statistics, the images themselves, the storage dtype).
+epoch of every trial. It is computed once (:func:`sevlm.pipeline.cache_features` with Ray
+Data, or :func:`sevlm.training.cache_features_in_process` without) and stored here: one folder
+per key, the key naming everything the features depend on (encoder, its weights, image size
+and statistics, the images themselves, the storage dtype).
 
 Layout of ``<root>/<digest>/``:
 
@@ -26,7 +27,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -125,6 +127,16 @@ def training_encoder(config: ModelConfig, seed: int) -> ImageEncoder:
         torch.manual_seed(seed)
         model = build_model(dataclasses.replace(config, decoder_weights=None), tokenizer)
     return model.image_encoder
+
+
+def planned_cache(
+    records: Mapping[str, list], example: ExampleConfig, config: ModelConfig, seed: int
+) -> tuple[ImageEncoder, dict[str, Any]]:
+    """The encoder a training worker builds with ``config`` and ``seed``, and the cache key of
+    its features of the images of ``records`` (painting records: ``key`` and ``image``)."""
+    encoder = training_encoder(config, seed)
+    fingerprint = data_fingerprint(dict(zip(records["key"], records["image"], strict=True)))
+    return encoder, cache_key(encoder, example, encoder_name(config), fingerprint)
 
 
 def encoder_features(encoder: ImageEncoder, pixel_values: Tensor) -> Tensor:
@@ -238,6 +250,42 @@ def _take(values, index: list[int]):
 
 
 # ---- writing ----
+
+
+def cached_or_written(
+    root: Path | str,
+    key: dict[str, Any],
+    total: int,
+    encode: Callable[[], tuple[Iterable[tuple[list[str], np.ndarray]], Callable[[], Dropped]]],
+    printer: Callable[[str], None],
+    what: str = "paintings",
+) -> Path:
+    """The cache folder of ``key``: the complete one under ``root``, else written from
+    ``encode()``: ``(keys, features)`` batches of ``total`` rows at most (``what`` says which)
+    and a function giving the paintings left out, by reason, once the batches are done."""
+    hit = FeatureCache.open(root, key)
+    if hit is not None:
+        printer(f"feature cache hit: {hit.path} ({len(hit)} paintings)")
+        return hit.path
+    printer(f"feature cache: encoding {total} {what} into {root}")
+    batches, dropped = encode()
+    path = write_cache(root, key, _progress(batches, total, printer), total, dropped=dropped)
+    printer(f"feature cache written: {path}")
+    return path
+
+
+def _progress(
+    batches: Iterable[tuple[list[str], np.ndarray]], total: int, printer: Callable[[str], None]
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Pass batches through, printing how many images are done every 30 s (and at the end)."""
+    done, last = 0, time.monotonic()
+    for keys, features in batches:
+        done += len(keys)
+        if time.monotonic() - last >= 30:
+            printer(f"feature cache: {done}/{total} images")
+            last = time.monotonic()
+        yield keys, features
+    printer(f"feature cache: {done}/{total} images encoded")
 
 
 def write_cache(

@@ -12,7 +12,6 @@ on GPUs when the cluster has them) into a :mod:`sevlm.feature_cache`, and
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,18 +33,13 @@ from sevlm.examples import (
     painting_records,
 )
 from sevlm.feature_cache import (
-    FeatureCache,
     attach_features,
-    cache_key,
-    data_fingerprint,
-    encoder_features,
-    encoder_name,
+    cached_or_written,
     load_cached,
-    training_encoder,
-    write_cache,
+    planned_cache,
 )
 from sevlm.model import ImageEncoder
-from sevlm.training import autocast_dtype
+from sevlm.training import frozen_features
 
 
 @ray.remote(num_cpus=0)
@@ -201,14 +195,10 @@ class EncoderActor:
         self.encoder = ImageEncoder(config)
         self.encoder.clip.load_state_dict(ray.get(state[0]))
         self.encoder.to(self.device).eval()
-        self.dtype = autocast_dtype("auto", self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = torch.as_tensor(batch["pixel_values"]).to(self.device, non_blocking=True)
-        dtype = self.dtype or torch.float32  # autocast is off on CPU: fp32
-        with torch.no_grad(), torch.autocast(self.device.type, dtype, self.dtype is not None):
-            features = encoder_features(self.encoder, pixels)
-        return {"key": batch["key"], "features": features.to(torch.float16).cpu().numpy()}
+        features = frozen_features(self.encoder, batch["pixel_values"], self.device)
+        return {"key": batch["key"], "features": features}
 
 
 def cache_features(
@@ -229,24 +219,16 @@ def cache_features(
     Images are decoded by fractional-CPU tasks (failures dropped, counted and recorded in
     the cache) and encoded by an actor pool: one actor per GPU of the cluster, else one.
     """
-    encoder = training_encoder(model_cfg, seed)
     records = painting_records([p for s in splits for p in data.split(s)])
-    fingerprint = data_fingerprint(dict(zip(records["key"], records["image"], strict=True)))
-    key = cache_key(encoder, example, encoder_name(model_cfg), fingerprint)
-    hit = FeatureCache.open(root, key)
-    if hit is not None:
-        printer(f"feature cache hit: {hit.path} ({len(hit)} paintings)")
-        return hit.path
-    total = len(records["key"])
-    printer(f"feature cache: encoding {total} paintings ({', '.join(splits)}) into {root}")
-    counter = DropCounter.remote()
-    features = _encoded(records, example, model_cfg, encoder, counter, batch_size, num_cpus)
-    path = write_cache(
-        root, key, _progress(features, total, printer), total,
-        dropped=lambda: ray.get(counter.get_keys.remote()),
-    )  # fmt: skip
-    printer(f"feature cache written: {path}")
-    return path
+    encoder, key = planned_cache(records, example, model_cfg, seed)
+
+    def encode():
+        counter = DropCounter.remote()
+        batches = _encoded(records, example, model_cfg, encoder, counter, batch_size, num_cpus)
+        return batches, lambda: ray.get(counter.get_keys.remote())
+
+    what = f"paintings ({', '.join(splits)})"
+    return cached_or_written(root, key, len(records["key"]), encode, printer, what)
 
 
 def _encoded(
@@ -288,17 +270,3 @@ def _encoded(
     )
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         yield [str(k) for k in batch["key"]], batch["features"]
-
-
-def _progress(
-    batches: Iterator[tuple[list[str], np.ndarray]], total: int, printer: Callable[[str], None]
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Pass batches through, printing how many images are done every 30 s (and at the end)."""
-    done, last = 0, time.monotonic()
-    for keys, features in batches:
-        done += len(keys)
-        if time.monotonic() - last >= 30:
-            printer(f"feature cache: {done}/{total} images")
-            last = time.monotonic()
-        yield keys, features
-    printer(f"feature cache: {done}/{total} images encoded")

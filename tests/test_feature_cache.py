@@ -30,7 +30,7 @@ from sevlm.feature_cache import (
 from sevlm.generate import Decoder
 from sevlm.lexicon import read_lexicon
 from sevlm.tokenizer import load_tokenizer
-from sevlm.training import evaluate_shard, reduce_eval, to_device
+from sevlm.training import cache_features_in_process, evaluate_shard, reduce_eval, to_device
 from sevlm.weights import build_model
 
 CPU = torch.device("cpu")
@@ -256,6 +256,9 @@ def test_cache_features_with_ray_data_then_a_hit(
     again = pipeline.cache_features(broken, example, FROZEN, 0, root, printer=lines.append)
     assert again == path and any("feature cache hit" in line for line in lines)
     assert [p.name for p in root.iterdir()] == [path.name]
+    # the in-process builder keys the same features alike: it finds Ray's cache
+    monkeypatch.setattr("sevlm.training.decode_batch", no_encoding)
+    assert cache_features_in_process(broken, example, FROZEN, 0, root, printer=print) == path
 
     # the training pipeline reads the features; the painting left out is counted as such
     built = pipeline.build_pipeline(broken, example, epoch=0, splits=("val",), features=path)
@@ -265,6 +268,30 @@ def test_cache_features_with_ray_data_then_a_hit(
     np.testing.assert_array_equal(np.stack([by_key[k] for k in keys]), cache.lookup(keys))
     assert rows[0]["input_ids"].shape == (2, example.max_len)
     assert built.dropped() == {"unreadable_image": 1}
+
+
+def test_cache_features_in_process_then_a_hit(data, example, encoder, tmp_path) -> None:
+    _, loaded = data
+    broken, bad_key = with_broken_image(loaded, tmp_path)
+    lines: list[str] = []
+    root = tmp_path / "cache"
+    path = cache_features_in_process(
+        broken, example, FROZEN, 0, root, splits=("val",), batch_size=4, printer=lines.append
+    )
+    cache = FeatureCache.load(path)
+    assert set(cache.index) == {p.key for p in broken.split("val")} - {bad_key}
+    assert cache.dropped == {"unreadable_image": [bad_key]}
+    assert any("encoding" in line and "(val)" in line for line in lines)
+    some = [p for p in broken.split("val") if p.key != bad_key][:6]
+    (keys, direct), *_ = encode(encoder, some, example, batch_size=6)
+    np.testing.assert_allclose(cache.lookup(keys).astype(np.float32), direct, atol=2e-3, rtol=1e-3)
+    lines.clear()
+    again = cache_features_in_process(broken, example, FROZEN, 0, root, splits=("val",),
+                                      printer=lines.append)  # fmt: skip
+    assert again == path and lines == [f"feature cache hit: {path} ({len(cache)} paintings)"]
+    other = cache_features_in_process(broken, example, FROZEN, 1, root, splits=("val",),
+                                      printer=lines.append)  # fmt: skip
+    assert other != path  # another seed: other random encoder weights, another key
 
 
 def test_a_worker_without_its_cache_stops_clearly(example, tmp_path) -> None:

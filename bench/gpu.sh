@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The GPU rows of bench/RESULTS.md in one go, on a machine with CUDA PyTorch but no Ray (the
+# project's lent GPU machine: no registry there, so sevlm's one missing package travels as a
+# wheel in .whl/, see bench/RESULTS.md). Every benchmark's full output goes to $OUT/NAME.log.
+#
+#   OUT=/tmp/gpu bash bench/gpu.sh [SCALE]
+#
+# Each benchmark is stopped at its own time limit (seconds, times SCALE, default 1): 600 s in
+# all at most, one device call. Order: what issue 7 asks first (training speed and memory of
+# the paper preset, generation), torch.compile last, as it may take longest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/sevlm-gpu}
+scale=${1:-1}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/sevlm-site .whl/*.whl || exit 1
+fi
+export PYTHONPATH="/tmp/sevlm-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv \
+  >"$OUT/nvidia-smi.log" 2>&1
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda",
+  torch.version.cuda, "transformers", transformers.__version__)' >>"$OUT/nvidia-smi.log" 2>&1
+cat "$OUT/nvidia-smi.log"
+
+bench() {  # NAME SECONDS SCRIPT ARGS...: one benchmark, its log under $OUT, its table on stdout
+  local name=$1 limit
+  limit=$(python3 -c "print(max(1, round($2 * $scale)))")
+  shift 2
+  echo "== $name: $* (limit ${limit}s)"
+  timeout "$limit" python3 "$@" >"$OUT/$name.log" 2>&1
+  echo "exit $? after ${SECONDS}s in all"
+  grep -E '^(\||settings|[a-z /]+: [0-9.]+x|.*/ .*: [0-9.]+|error|warning)' "$OUT/$name.log"
+}
+
+bench train 200 bench/train_step.py --preset paper --settings released,uncached,ours \
+  --steps 40 --warmup 5 --rounds 2
+bench memory_fp16 100 bench/train_step.py --preset paper --settings uncached,ours --precision fp16 \
+  --steps 20 --warmup 3
+bench generate_paper 90 bench/generate.py --preset paper --repeats 5
+bench generate_tiny 60 bench/generate.py --repeats 5
+bench compile 150 bench/train_step.py --preset paper --settings ours,compiled --steps 40 --warmup 5
