@@ -3,15 +3,17 @@
 # project's lent GPU machine: no registry there, so sevlm's one missing package travels as a
 # wheel in .whl/, see bench/RESULTS.md). Every benchmark's full output goes to $OUT/NAME.log.
 #
-#   OUT=/tmp/gpu bash bench/gpu.sh [SCALE]
+#   OUT=/tmp/gpu bash bench/gpu.sh [SCALE [NAME ...]]
 #
-# Each benchmark is stopped at its own time limit (seconds, times SCALE, default 1): 600 s in
-# all at most, one device call. Order: what issue 7 asks first (training speed and memory of
-# the paper preset, generation), torch.compile last, as it may take longest.
+# Each benchmark is stopped at its own time limit (seconds, times SCALE, default 1): about
+# 10 minutes in all at most, one device call. NAMEs pick benchmarks (default: all), in this
+# order: training speed and memory of the paper preset first, then generation.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/sevlm-gpu}
 scale=${1:-1}
+shift $(($# > 0 ? 1 : 0))
+wanted=" ${*:-train memory_fp16 generate_paper generate_tiny} "
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -27,6 +29,7 @@ cat "$OUT/nvidia-smi.log"
 
 bench() {  # NAME SECONDS SCRIPT ARGS...: one benchmark, its log under $OUT, its table on stdout
   local name=$1 limit
+  [[ $wanted == *" $name "* ]] || return 0
   limit=$(python3 -c "print(max(1, round($2 * $scale)))")
   shift 2
   echo "== $name: $* (limit ${limit}s)"
@@ -35,10 +38,9 @@ bench() {  # NAME SECONDS SCRIPT ARGS...: one benchmark, its log under $OUT, its
   grep -E '^(\||settings|[a-z /]+: [0-9.]+x|.*/ .*: [0-9.]+|error|warning)' "$OUT/$name.log"
 }
 
-bench train 200 bench/train_step.py --preset paper --settings released,uncached,ours \
+bench train 300 bench/train_step.py --preset paper --settings released,eager,ours \
   --steps 40 --warmup 5 --rounds 2
-bench memory_fp16 100 bench/train_step.py --preset paper --settings uncached,ours --precision fp16 \
-  --steps 20 --warmup 3
+bench memory_fp16 150 bench/train_step.py --preset paper --settings uncached,ours \
+  --precision fp16 --steps 20 --warmup 3
 bench generate_paper 90 bench/generate.py --preset paper --repeats 5
 bench generate_tiny 60 bench/generate.py --repeats 5
-bench compile 150 bench/train_step.py --preset paper --settings ours,compiled --steps 40 --warmup 5

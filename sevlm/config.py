@@ -111,7 +111,7 @@ class ModelConfig:
         return _from_dict(cls, {**preset_values(name)["model"], **overrides})
 
 
-COMPILE_BACKENDS = ("off", "inductor", "aot_eager")
+COMPILE_BACKENDS = ("auto", "off", "inductor", "aot_eager")
 
 
 @dataclass
@@ -137,9 +137,10 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step: each worker's batch is split in this many parts, each
     run forward and backward in turn, so a batch too big for the GPU keeps its size."""
-    compile: str = "off"
-    """off, or the ``torch.compile`` backend the model runs through: inductor (generates code;
-    minutes of warm-up on CPU, see bench/RESULTS.md) or aot_eager (traces only)."""
+    compile: str = "auto"
+    """auto (inductor on CUDA, off elsewhere), off, or the ``torch.compile`` backend the model
+    runs through: inductor (generates code; about a minute of warm-up, see bench/RESULTS.md)
+    or aot_eager (traces only)."""
     val_every: int = 200
     """Steps between validations (each writes a checkpoint)."""
     val_max_images: int | None = None

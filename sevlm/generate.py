@@ -30,7 +30,10 @@ from sevlm.model import KV, SEVLM, DecoderState
 from sevlm.sequences import BECAUSE, SequenceBuilder
 
 MAX_NEW_TOKENS = 25
-_LAST_WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*$")
+_WORD_JOINERS = "'’-"
+_LAST_WORD = re.compile(rf"[^\W\d_]+(?:[{_WORD_JOINERS}][^\W\d_]+)*$")
+_UNSEEN, _IN_TEXT = object(), object()
+"""Markers of :meth:`Decoder._last_word`'s per-token memo."""
 _EMOTION_WORDS = re.compile(r"\b(" + "|".join(sorted(EMOTIONS, key=len, reverse=True)) + r")\b")
 """The first of the nine emotions named as whole words (``awesome`` does not name awe)."""
 
@@ -72,19 +75,42 @@ class Decoder:
             raise ValueError("' because' must be one token for the segment switch")
         self.because = self.because[0]
         self._prompt_text = tokenizer.decode(self.prompt.input_ids[1:])
+        self._words: dict[int, str | object | None] = {}
+        """Per token id, what its text alone says of the word it ends (:meth:`_own_word`)."""
 
     def _token_vad(self, rows: list[list[int]]) -> Tensor:
         """VAD of each row's last token: its word's, from the text written so far."""
         out = np.zeros((len(rows), 1, 3), np.float32)
         for i, tokens in enumerate(rows):
-            piece = self.tokenizer.decode(tokens[-1:])
-            if not piece or not piece[-1].isalpha():
-                continue
-            match = _LAST_WORD.search(self._prompt_text + self.tokenizer.decode(tokens))
-            found = self.lexicon.get(match.group(0)) if match else None
+            word = self._last_word(tokens)
+            found = self.lexicon.get(word) if word else None
             if found is not None:
                 out[i, 0] = found
         return torch.from_numpy(out)
+
+    def _last_word(self, tokens: list[int]) -> str | None:
+        """The word that the last token ends, in the text written so far (prompt included);
+        None when the token's text does not end in a letter."""
+        word = self._words.get(tokens[-1], _UNSEEN)
+        if word is _UNSEEN:
+            word = self._words[tokens[-1]] = self._own_word(tokens[-1])
+        if word is not _IN_TEXT:
+            return word
+        match = _LAST_WORD.search(self._prompt_text + self.tokenizer.decode(tokens))
+        return match.group(0) if match else None
+
+    def _own_word(self, token: int) -> str | object | None:
+        """What a token's text alone says of the word it ends: none (it does not end in a
+        letter), the word (it begins after a separator inside the token), or ``_IN_TEXT``
+        (the word may begin in the tokens before, or the token is part of a character)."""
+        piece = self.tokenizer.decode([token])
+        if not piece or not piece[-1].isalpha():
+            return None
+        match = _LAST_WORD.search(piece)
+        inside = match is not None and match.start() > 0 and "\ufffd" not in piece
+        if inside and piece[match.start() - 1] not in _WORD_JOINERS:
+            return match.group(0)
+        return _IN_TEXT
 
     def _room(self, max_new_tokens: int) -> int:
         """How many tokens a text may have after the prompt."""

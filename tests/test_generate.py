@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import Tensor
@@ -150,3 +152,33 @@ def test_explanations_from_beams(decoder: Decoder, memory: Tensor) -> None:
 def test_beams_must_be_positive(decoder: Decoder, memory: Tensor) -> None:
     with pytest.raises(ValueError, match="beams must be at least 1"):
         decoder.generate(memory, beams=0)
+
+
+def test_the_last_word_memo_reads_as_the_whole_text(decoder: Decoder) -> None:
+    """A token's VAD word, from its memoised own text where that suffices, is the word the
+    whole text ends with, for texts of every kind of token: words and their pieces, joiners
+    (apostrophes, hyphens), digits, accented letters split across byte-level tokens."""
+    tokenizer = decoder.tokenizer
+
+    def reference(tokens: list[int]) -> str | None:
+        if not tokenizer.decode(tokens[-1:])[-1:].isalpha():
+            return None
+        text = decoder._prompt_text + tokenizer.decode(tokens)
+        match = re.search(r"[^\W\d_]+(?:['’-][^\W\d_]+)*$", text)
+        return match.group(0) if match else None
+
+    texts = [
+        " the painting's dark-blue sky feels calm because of 3rd-rate café naïveté",
+        " it isn't awe, it's Ångström's über-realism of 19th century élan",
+        " rock-n-roll colours, l'été, don’t stop",
+    ]
+    rows = [tokenizer.encode(t) for t in texts]
+    rows += [[127, 22757], [159, 47703]]  # a character's bytes split: alone, '\ufffd醒' ...
+    g = torch.Generator().manual_seed(0)
+    rows += torch.randint(0, len(tokenizer), (200, 12), generator=g).tolist()
+    decoder._words.clear()
+    for _ in range(2):  # the second pass reads the memo
+        for row in rows:
+            for end in range(1, len(row) + 1):
+                assert decoder._last_word(row[:end]) == reference(row[:end]), row[:end]
+    assert len(decoder._words) > 100

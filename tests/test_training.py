@@ -14,6 +14,7 @@ from sevlm.tokenizer import load_tokenizer
 from sevlm.training import (
     Stepper,
     autocast_dtype,
+    compile_backend,
     eval_shard,
     evaluate_shard,
     linear_schedule,
@@ -167,6 +168,14 @@ def test_grad_accum_must_divide_the_batch() -> None:
         TrainConfig(grad_accum=0)
     with pytest.raises(ValueError, match="compile"):
         TrainConfig(compile="yes")
+
+
+def test_compile_auto_compiles_on_cuda_only() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compile_backend("auto", cuda) == "inductor" and compile_backend("auto", cpu) is None
+    assert compile_backend("off", cuda) is None
+    assert compile_backend("aot_eager", cpu) == "aot_eager"
+    assert TrainConfig().compile == "auto"
 
 
 def test_compiled_step_matches_eager(setup) -> None:
