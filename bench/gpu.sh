@@ -39,7 +39,7 @@ bench() {  # NAME SECONDS SCRIPT ARGS...: one benchmark, its log under $OUT, its
 }
 
 bench train 300 bench/train_step.py --preset paper --settings released,eager,ours \
-  --steps 40 --warmup 5 --rounds 2
+  --steps 40 --warmup 5 --rounds 2 --phases 10
 bench memory_fp16 150 bench/train_step.py --preset paper --settings uncached,ours \
   --precision fp16 --steps 20 --warmup 3
 bench generate_paper 90 bench/generate.py --preset paper --repeats 5

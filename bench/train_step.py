@@ -148,10 +148,38 @@ def bare_loop(args: argparse.Namespace, setting: str) -> dict:
         cache = FeatureCache.load(args.cache)
         load = lambda i: attach_features(next(source), cache)[0]  # noqa: E731
 
-    def step(i: int) -> None:
-        stepper.step(to_device(encode_batch(load(i), example, epoch=0), device))
+    def prepare(i: int) -> dict:
+        return encode_batch(load(i), example, epoch=0)
 
-    return timed_result(step, args, device)
+    def step(i: int) -> None:
+        stepper.step(to_device(prepare(i), device))
+
+    result = timed_result(step, args, device)
+    if args.phases:
+        result["phases_ms"] = phase_times(prepare, stepper, args.phases, device)
+    return result
+
+
+def phase_times(prepare, stepper: Stepper, steps: int, device: torch.device) -> list[float]:
+    """Mean milliseconds of each phase of a step, over ``steps`` more steps, each phase waited
+    for before the next starts: preparing the batch (lookup or decoded pixels, pairing and
+    tokenizing), copying it to the device, the optimizer step. Their sum can exceed the timed
+    step, whose phases overlap with the device's queued work."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    totals = [0.0, 0.0, 0.0]
+    for i in range(steps):
+        started = time.perf_counter()
+        batch = prepare(i)
+        prepared = time.perf_counter()
+        tensors = to_device(batch, device)
+        sync()
+        copied = time.perf_counter()
+        stepper.step(tensors)
+        sync()
+        ended = time.perf_counter()
+        for j, span in enumerate((prepared - started, copied - prepared, ended - copied)):
+            totals[j] += span
+    return [1000 * t / steps for t in totals]
 
 
 def ray_worker_loop(config: dict) -> None:
@@ -270,7 +298,7 @@ def run_child(args: argparse.Namespace, setting: str) -> dict:
     """One setting in a child process: its own peak memory, no state shared."""
     argv = [sys.executable, __file__, "--only", setting, "--cache", str(args.cache)]
     for name in ("preset", "data", "batch", "steps", "warmup", "distinct", "threads", "cpus",
-                 "precision", "compile", "grad_accum"):  # fmt: skip
+                 "precision", "compile", "grad_accum", "phases"):  # fmt: skip
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     out = subprocess.run(argv, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -307,6 +335,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated, of {', '.join(SETTINGS)} (default: {','.join(DEFAULT_SETTINGS)})",
     )
     parser.add_argument("--cache-root", type=Path, help="feature cache root (default: temp)")
+    parser.add_argument(
+        "--phases",
+        type=int,
+        default=0,
+        help="after timing, this many more steps with each phase timed apart (not for ray)",
+    )
     parser.add_argument("--only", choices=SETTINGS, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -338,6 +372,17 @@ def run_rounds(args: argparse.Namespace, settings: list[str]) -> list[dict[str, 
     return rounds
 
 
+def median_result(runs: list[dict]) -> dict:
+    """Each figure's median over the rounds (element-wise for a list of figures)."""
+    out = {}
+    for key, first in runs[0].items():
+        if isinstance(first, list):
+            out[key] = [statistics.median(col) for col in zip(*(r[key] for r in runs), strict=True)]
+        else:
+            out[key] = statistics.median(r[key] for r in runs)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(args.threads)
@@ -351,9 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_root = args.cache_root or Path(temp)
         args.cache = build_cache(args)
         rounds = run_rounds(args, settings)
-    results = {
-        s: {k: statistics.median(r[s][k] for r in rounds) for k in rounds[0][s]} for s in settings
-    }
+    results = {s: median_result([r[s] for r in rounds]) for s in settings}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(
         f"settings: {device}, {args.threads} threads; preset {args.preset} "
@@ -368,6 +411,14 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['images_per_s']:.1f} | {r['peak_mib']:.0f} | {r['warmup_s']:.1f} |")
+    phased = {name: r["phases_ms"] for name, r in results.items() if "phases_ms" in r}
+    if phased:
+        print(f"phases, ms per step, each waited for ({args.phases} steps after the timed ones):")
+        print("| setting | prepare | copy to device | optimizer step | timed step, overlapped |")
+        print("|---|---:|---:|---:|---:|")
+        for name, (prepare, copy, step) in phased.items():
+            timed = 1000 * args.batch / results[name]["images_per_s"]
+            print(f"| {name} | {prepare:.1f} | {copy:.1f} | {step:.1f} | {timed:.1f} |")
     for top, bottom, line in RATIOS:
         if top in results and bottom in results:
             ratios = [r[top]["images_per_s"] / r[bottom]["images_per_s"] for r in rounds]
