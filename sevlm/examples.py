@@ -20,7 +20,7 @@ from sevlm.config import ModelConfig
 from sevlm.feature_cache import FeatureCache, attach_features
 from sevlm.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from sevlm.lexicon import VADLexicon, read_lexicon
-from sevlm.sequences import SequenceBuilder, encode_pair
+from sevlm.sequences import SequenceBuilder, encode_pairs
 from sevlm.tokenizer import OFFLINE_GPT2, load_tokenizer
 
 
@@ -144,17 +144,18 @@ def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, li
 
 
 def encode_batch(batch: dict, config: ExampleConfig, epoch: int | Sequence[int]) -> dict:
-    """The paired sequences of each row for ``epoch`` (see :func:`encode_pair`): one epoch
-    for the whole batch, or one per row (a batch of a stream of epochs may span two)."""
+    """The paired sequences of each row for ``epoch`` (see :func:`sevlm.sequences.encode_pair`):
+    one epoch for the whole batch, or one per row (a batch of a stream of epochs may span two)."""
     builder = sequence_builder(config.tokenizer, config.lexicon, config.max_len)
     rows = len(batch["key"])
     epochs = [int(epoch)] * rows if np.ndim(epoch) == 0 else [int(e) for e in epoch]
     if len(epochs) != rows:
         raise ValueError(f"{len(epochs)} epochs for a batch of {rows} rows")
-    pairs = []
+    images = []
     for key, cell, row_epoch in zip(batch["key"], batch["annotations"], epochs, strict=True):
         emotions, texts = zip(*json.loads(str(cell)), strict=True)
-        pairs.append(encode_pair(builder, emotions, texts, str(key), row_epoch, config.seed))
+        images.append((emotions, texts, str(key), row_epoch))
+    pairs = encode_pairs(builder, images, config.seed)
     out = dict(batch)
     for name in ("input_ids", "labels", "segment_ids", "vad", "vad_mask", "emotion", "has_pair"):
         out[name] = np.stack([p[name] for p in pairs]) if pairs else np.zeros((0,))

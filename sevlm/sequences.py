@@ -63,11 +63,21 @@ class SequenceBuilder:
         prompt_ids, _, _ = self._piece(PROMPT)
         if max_len < len(prompt_ids) + 4:
             raise ValueError(f"max_len {max_len} is too short for the sequence format")
+        self._emotion_pieces = {e: self._piece(f"{PROMPT} {e}") for e in EMOTION_TO_INDEX}
+        """The emotion part of each of the nine emotions' sequences, tokenized once."""
 
     def _piece(self, text: str) -> tuple[list[int], np.ndarray, np.ndarray]:
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        vad, known = self.lexicon.token_vad(text, enc["offset_mapping"])
-        return list(enc["input_ids"]), vad, known
+        return self._pieces([text])[0]
+
+    def _pieces(self, texts: Sequence[str]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+        """Token ids, per-token VAD and whether it is known, of each text: one tokenizer call
+        for them all (a call's own overhead outweighs a short text's tokenizing)."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        pieces = []
+        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
+            vad, known = self.lexicon.token_vad(text, offsets)
+            pieces.append((list(ids), vad, known))
+        return pieces
 
     def prompt(self) -> Encoded:
         """``<bos> the emotion is``, unpadded: where generation starts."""
@@ -86,10 +96,23 @@ class SequenceBuilder:
 
     def encode(self, emotion: str, explanation: str) -> Encoded:
         """The padded training sequence for one annotation."""
-        if emotion not in EMOTION_TO_INDEX:
-            raise ValueError(f"not one of the nine emotions: {emotion!r}")
-        emo_ids, emo_vad, emo_known = self._piece(f"{PROMPT} {emotion}")
-        exp_ids, exp_vad, exp_known = self._piece(f"{BECAUSE} {explanation.strip()}")
+        return self.encode_many([(emotion, explanation)])[0]
+
+    def encode_many(self, annotations: Sequence[tuple[str, str]]) -> list[Encoded]:
+        """The padded training sequence of each ``(emotion, explanation)``."""
+        for emotion, _ in annotations:
+            if emotion not in EMOTION_TO_INDEX:
+                raise ValueError(f"not one of the nine emotions: {emotion!r}")
+        explanations = self._pieces([f"{BECAUSE} {text.strip()}" for _, text in annotations])
+        return [
+            self._assemble(self._emotion_pieces[emotion], piece)
+            for (emotion, _), piece in zip(annotations, explanations, strict=True)
+        ]
+
+    def _assemble(self, emotion_piece: tuple, explanation_piece: tuple) -> Encoded:
+        """``<bos>``, the emotion part, the explanation part cut to fit, ``<eos>``, pads."""
+        emo_ids, emo_vad, emo_known = emotion_piece
+        exp_ids, exp_vad, exp_known = explanation_piece
         room = self.max_len - 2 - len(emo_ids)  # <bos> and <eos>
         truncated = len(exp_ids) > room
         exp_ids, exp_vad, exp_known = exp_ids[:room], exp_vad[:room], exp_known[:room]
@@ -148,14 +171,35 @@ def encode_pair(
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """The two sequences of one image for one epoch, stacked ``[2, L]``, plus pairing fields."""
-    anchor, partner, has_pair = pick_pair(emotions, key, epoch, seed)
-    first, second = (builder.encode(emotions[i], texts[i]) for i in (anchor, partner))
-    return {
-        "input_ids": np.stack([first.input_ids, second.input_ids]),
-        "labels": np.stack([first.labels, second.labels]),
-        "segment_ids": np.stack([first.segment_ids, second.segment_ids]),
-        "vad": np.stack([first.vad, second.vad]),
-        "vad_mask": np.stack([first.vad_mask, second.vad_mask]),
-        "emotion": np.asarray([EMOTION_TO_INDEX[emotions[i]] for i in (anchor, partner)]),
-        "has_pair": np.asarray(has_pair),
-    }
+    return encode_pairs(builder, [(emotions, texts, key, epoch)], seed)[0]
+
+
+def encode_pairs(
+    builder: SequenceBuilder,
+    images: Sequence[tuple[Sequence[str], Sequence[str], str, int]],
+    seed: int = 0,
+) -> list[dict[str, np.ndarray]]:
+    """:func:`encode_pair` of each ``(emotions, texts, key, epoch)``, the texts of all of them
+    tokenized in one call."""
+    picks = [pick_pair(emotions, key, epoch, seed) for emotions, _, key, epoch in images]
+    chosen = [
+        (emotions[i], texts[i])
+        for (emotions, texts, _, _), (anchor, partner, _) in zip(images, picks, strict=True)
+        for i in (anchor, partner)
+    ]
+    encoded = builder.encode_many(chosen)
+    out = []
+    for j, (_, _, has_pair) in enumerate(picks):
+        first, second = encoded[2 * j], encoded[2 * j + 1]
+        out.append(
+            {
+                "input_ids": np.stack([first.input_ids, second.input_ids]),
+                "labels": np.stack([first.labels, second.labels]),
+                "segment_ids": np.stack([first.segment_ids, second.segment_ids]),
+                "vad": np.stack([first.vad, second.vad]),
+                "vad_mask": np.stack([first.vad_mask, second.vad_mask]),
+                "emotion": np.asarray([EMOTION_TO_INDEX[e] for e, _ in chosen[2 * j : 2 * j + 2]]),
+                "has_pair": np.asarray(has_pair),
+            }
+        )
+    return out

@@ -86,3 +86,21 @@ def test_encode_pair_shapes(builder: SequenceBuilder) -> None:
     assert pair["input_ids"].shape == (2, 30) and pair["vad"].shape == (2, 30, 3)
     assert sorted(pair["emotion"].tolist()) == [1, 6] and bool(pair["has_pair"])
     assert pair["input_ids"].dtype == np.int64
+
+
+def test_encoding_many_at_once_is_encoding_each(builder: SequenceBuilder) -> None:
+    annotations = [
+        ("awe", "a tall peak"),
+        ("fear", " ".join(["mountain"] * 50)),  # truncated
+        ("sadness", "it rains, doesn't it? the grey, gloomy sky"),
+        ("something else", "x"),
+    ]
+    many = builder.encode_many(annotations)
+    assert len(many) == len(annotations) and many[1].truncated
+    for (emotion, text), got in zip(annotations, many, strict=True):
+        one = builder.encode(emotion, text)
+        for field in ("input_ids", "labels", "segment_ids", "vad", "vad_mask"):
+            np.testing.assert_array_equal(getattr(got, field), getattr(one, field), field)
+        assert (got.length, got.truncated) == (one.length, one.truncated)
+    with pytest.raises(ValueError, match="nine emotions"):
+        builder.encode_many([("awe", "a"), ("joy", "b")])
