@@ -72,6 +72,8 @@ class SequenceBuilder:
     def _pieces(self, texts: Sequence[str]) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
         """Token ids, per-token VAD and whether it is known, of each text: one tokenizer call
         for them all (a call's own overhead outweighs a short text's tokenizing)."""
+        if not texts:  # the tokenizer fails on an empty list; a batch can lose all its rows
+            return []
         enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
         pieces = []
         for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):

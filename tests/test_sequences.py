@@ -104,3 +104,11 @@ def test_encoding_many_at_once_is_encoding_each(builder: SequenceBuilder) -> Non
         assert (got.length, got.truncated) == (one.length, one.truncated)
     with pytest.raises(ValueError, match="nine emotions"):
         builder.encode_many([("awe", "a"), ("joy", "b")])
+    assert builder.encode_many([]) == []
+
+
+def test_a_batch_that_lost_all_its_rows_encodes_to_nothing() -> None:
+    from sevlm.examples import ExampleConfig, encode_batch
+
+    out = encode_batch({"key": [], "annotations": []}, ExampleConfig(), epoch=0)
+    assert len(out["input_ids"]) == 0 and len(out["has_pair"]) == 0
