@@ -301,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         "--stage-cpus", type=float, default=0.25, help="build_pipeline num_cpus (0.25, its default)"
     )
     parser.add_argument(
+        "--unordered",
+        action="store_true",
+        help="Ray Data delivers blocks as their tasks finish (preserve_order off; the pipeline "
+        "keeps the records' order since 2026-12-04): to measure what the order costs",
+    )
+    parser.add_argument(
         "--ray-niceness",
         type=int,
         help="nice level of Ray's worker processes (default: this process's own, which the "
@@ -406,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             num_cpus=args.stage_cpus, epochs_per_pass=per_pass,
         )  # fmt: skip
         dataset = pipeline.datasets["train"]
+        dataset.context.execution_options.preserve_order = not args.unordered
 
         def ray_batches() -> Iterable[dict]:
             return dataset.iter_batches(
@@ -467,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     images = len(expected)
     settings = {
         RAY: f"ray.init(num_cpus={args.cpus}), build_pipeline(num_cpus={args.stage_cpus}, "
-        f"epochs_per_pass={per_pass}), "
+        f"epochs_per_pass={per_pass}, preserve_order={not args.unordered}), "
         f"iter_batches(prefetch_batches={args.prefetch_batches}, "
         f"local_shuffle_buffer_size={shuffle_buffer}), worker niceness {niceness}",
         LOADER: f"num_workers={args.cpus}, persistent_workers, shuffle={shuffle_buffer > 0}",

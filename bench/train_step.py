@@ -223,7 +223,7 @@ def ray_loop(args: argparse.Namespace) -> dict:
     from ray.train.torch import TorchTrainer
 
     from sevlm.pipeline import build_pipeline, epochs_per_pass
-    from sevlm_train.driver import Scaling, scaling_config
+    from sevlm_train.driver import Scaling, scaling_config, train_data_config
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
@@ -249,6 +249,7 @@ def ray_loop(args: argparse.Namespace) -> dict:
                 scaling_config=scaling,
                 run_config=ray.train.RunConfig(name="bench", storage_path=storage),
                 datasets={"train": pipeline.datasets["train"]},
+                dataset_config=train_data_config(pipeline.datasets["train"]),
             ).fit()
             return json.loads(out.read_text())
     finally:

@@ -104,6 +104,12 @@ def build_pipeline(
     With ``features`` (a feature cache folder, see :func:`cache_features`) rows carry the
     cached ``image_features`` instead of ``pixel_values``: no image is decoded. Paintings the
     cache lacks are dropped and counted by the reason it recorded.
+
+    Every dataset delivers its rows in the order of its records (``preserve_order``), not in
+    the order its tasks happen to finish: the same seed gives the same batches on a busy
+    machine as on an idle one, and a run resumed inside a pass skips exactly the batches it
+    trained before. Pass ``dataset.context.execution_options`` to Ray Train's ``DataConfig``:
+    Train otherwise replaces them with the global context's.
     """
     if epochs_per_pass > 1 and epoch is not None:
         raise ValueError("epochs_per_pass > 1 needs epoch=None: the consumer pairs each epoch")
@@ -144,6 +150,7 @@ def build_pipeline(
         if epoch is not None:
             ds = ds.map_batches(encode, **opts)
         result[split] = ds.map_batches(decode if features is None else lookup, **opts)
+        result[split].context.execution_options.preserve_order = True
     return Pipeline(result, counter)
 
 

@@ -119,6 +119,15 @@ def scaling_config(
     return config, threads
 
 
+def train_data_config(train: ray.data.Dataset) -> ray.train.DataConfig:
+    """Ray Train's data config for the training split, keeping the dataset's own execution
+    options (rows in record order, :func:`sevlm.pipeline.build_pipeline`); without them
+    Train applies the global context's, where tasks deliver in the order they finish."""
+    return ray.train.DataConfig(
+        datasets_to_split=["train"], execution_options=train.context.execution_options
+    )
+
+
 def run_training(
     source: DataSource,
     model_cfg: ModelConfig,
@@ -225,7 +234,7 @@ def run_training(
             callbacks=callbacks,
         ),
         datasets={"train": pipeline.datasets["train"]},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=train_data_config(pipeline.datasets["train"]),
     )
     try:
         result = trainer.fit()

@@ -132,6 +132,25 @@ def test_a_pass_streams_several_epochs_in_one_read(ray_local, sample) -> None:
         np.testing.assert_array_equal(mixed["input_ids"][i], one["input_ids"][0])
 
 
+def test_rows_arrive_in_the_order_of_their_records(ray_local, sample) -> None:
+    from sevlm.examples import epoch_records, painting_records
+    from sevlm.pipeline import build_pipeline
+
+    data = load_artemis(DataSource.resolve(data=str(sample.out)))
+    config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
+    pipeline = build_pipeline(
+        data, config, epoch=None, splits=("train",), batch_size=8, epochs_per_pass=3
+    )
+    train = pipeline.datasets["train"]
+    assert train.context.execution_options.preserve_order
+    assert train.materialize().num_blocks() > 2  # several tasks, which may finish in any order
+    expected = epoch_records(painting_records(data.split("train")), 3, config.seed)
+    for _ in range(2):  # every read
+        rows = list(train.iter_rows())
+        assert [str(r["key"]) for r in rows] == expected["key"]
+        assert [int(r["epoch"]) for r in rows] == expected["epoch"]
+
+
 def test_a_one_epoch_pass_is_shuffled_anew_for_every_read(ray_local, sample) -> None:
     from sevlm.pipeline import build_pipeline
 

@@ -159,6 +159,12 @@ def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monke
     assert len(trained_batches(trace)) == 2  # steps 1-2 trained, 3 failed before stepping
     outcome = train(tmp_path, data, "resume", failures=0)  # the same command, again
     assert len(trained_batches(trace)) == 6  # resumed at step 3, not from scratch
+    # the very batches, in the same order, that a run without the failure trains
+    monkeypatch.delenv(FAIL_AT_STEP)
+    monkeypatch.setenv(TRACE_DIR, str(tmp_path / "straight"))
+    (tmp_path / "straight").mkdir()
+    train(tmp_path, data, "straight", failures=0)
+    assert trained_batches(trace) == trained_batches(tmp_path / "straight" / "rank0.tsv")
     assert metric_steps(tmp_path, outcome.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
     again = train(tmp_path, data, "resume", failures=0)  # a finished run: nothing to redo
     assert len(trained_batches(trace)) == 6
