@@ -18,7 +18,7 @@ import numpy as np
 from sevlm.artemis import Painting
 from sevlm.config import ModelConfig
 from sevlm.feature_cache import FeatureCache, attach_features
-from sevlm.images import CLIP_MEAN, CLIP_STD, ImageTransform
+from sevlm.images import ImageTransform
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.sequences import SequenceBuilder, encode_pairs
 from sevlm.tokenizer import OFFLINE_GPT2, load_tokenizer
@@ -30,10 +30,6 @@ class ExampleConfig:
 
     image_size: int = 224
     """Image height and width fed to the encoder."""
-    mean: tuple[float, float, float] = CLIP_MEAN
-    """Normalization mean: the encoder's own preprocessing statistics."""
-    std: tuple[float, float, float] = CLIP_STD
-    """Normalization standard deviation, likewise."""
     max_len: int = 30
     """Sequence length in tokens, ``<bos>`` to ``<eos>``, padded."""
     tokenizer: str = OFFLINE_GPT2
@@ -44,7 +40,7 @@ class ExampleConfig:
     """Seed of the per-epoch annotation pairing."""
 
     def __post_init__(self) -> None:
-        ImageTransform(self.image_size, self.mean, self.std)  # validates the image fields
+        ImageTransform(self.image_size)  # validates the size
         if self.lexicon is not None:  # absolute: workers may run in another directory
             object.__setattr__(self, "lexicon", str(Path(self.lexicon).expanduser().absolute()))
         if self.max_len < 8:
@@ -54,11 +50,9 @@ class ExampleConfig:
     def for_model(
         cls, config: ModelConfig, lexicon: Path | str | None = None, seed: int = 0
     ) -> ExampleConfig:
-        """The inputs a model was built for: its image size and statistics, length, tokenizer."""
+        """The inputs a model was built for: its image size, length, tokenizer."""
         return cls(
             image_size=config.image_size,
-            mean=config.image_mean,
-            std=config.image_std,
             max_len=config.max_len,
             tokenizer=config.tokenizer,
             lexicon=None if lexicon is None else str(lexicon),
@@ -67,7 +61,7 @@ class ExampleConfig:
 
     @property
     def transform(self) -> ImageTransform:
-        return ImageTransform(self.image_size, self.mean, self.std)
+        return ImageTransform(self.image_size)
 
 
 @lru_cache(maxsize=4)
@@ -139,7 +133,7 @@ def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, li
             dropped.setdefault("unreadable_image", []).append(str(batch["key"][i]))
     out = {k: _take(v, keep) for k, v in batch.items()}
     size = config.image_size
-    out["pixel_values"] = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.float32)
+    out["pixel_values"] = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.uint8)
     return out, dropped
 
 

@@ -105,8 +105,8 @@ def cache_key(
         "weights_sha256": weights_hash(encoder),
         "vision": {k: getattr(config, k, None) for k in VISION_FIELDS},
         "image_size": example.image_size,
-        "mean": [float(v) for v in example.mean],
-        "std": [float(v) for v in example.std],
+        "mean": encoder.pixel_mean.flatten().tolist(),
+        "std": encoder.pixel_std.flatten().tolist(),
         "dtype": np.dtype(DTYPE).name,
         "data": data,
     }

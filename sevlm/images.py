@@ -56,23 +56,22 @@ def check_image(path: Path | str) -> bool:
 
 @dataclass(frozen=True)
 class ImageTransform:
-    """Resize the shorter side to ``size`` (bicubic), centre-crop, scale to [0, 1], normalize."""
+    """Resize the shorter side to ``size`` (bicubic) and centre-crop, to uint8 pixels.
+
+    Scaling and normalizing are the image encoder's (:class:`sevlm.model.ImageEncoder`), on
+    the device it runs on: pixels cross processes and reach the GPU at a quarter of float32's
+    bytes, and data workers skip three float passes over every image (``bench/RESULTS.md``).
+    """
 
     size: int = 224
     """Output height and width in pixels."""
-    mean: tuple[float, float, float] = CLIP_MEAN
-    """Per-channel mean: the image encoder's own preprocessing statistics (CLIP's by default)."""
-    std: tuple[float, float, float] = CLIP_STD
-    """Per-channel standard deviation, likewise."""
 
     def __post_init__(self) -> None:
         if self.size < 8:
             raise ValueError(f"image size must be >= 8, got {self.size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError("mean and std need three values each, std > 0")
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """A float32 array ``[3, size, size]``."""
+        """A uint8 array ``[3, size, size]``."""
         image = to_rgb(image)
         w, h = image.size
         scale = self.size / min(w, h)
@@ -80,9 +79,7 @@ class ImageTransform:
         image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
         image = image.crop((left, top, left + self.size, top + self.size))
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
     def load(self, path: Path | str) -> np.ndarray:
         """Decode and transform a file (JPEG decodes at reduced scale when far larger)."""

@@ -139,6 +139,9 @@ class ImageEncoder(nn.Module):
         self.clip = CLIPVisionModel(CLIPVisionConfig(**config.vision))
         width = config.vision["hidden_size"]
         self.proj = nn.Identity() if width == config.n_embd else nn.Linear(width, config.n_embd)
+        stats = {"pixel_mean": config.image_mean, "pixel_std": config.image_std}
+        for name, values in stats.items():  # not weights: left out of checkpoints
+            self.register_buffer(name, torch.tensor(values).view(1, 3, 1, 1), persistent=False)
         self.frozen = config.freeze_vision
         if self.frozen:
             self.clip.requires_grad_(False)
@@ -149,7 +152,16 @@ class ImageEncoder(nn.Module):
             self.clip.eval()  # a frozen encoder never runs dropout or updates statistics
         return self
 
+    def normalize(self, pixel_values: Tensor) -> Tensor:
+        """uint8 pixels (:class:`sevlm.images.ImageTransform`) scaled to [0, 1] and normalized
+        with the encoder's statistics; float pixels are taken as normalized already."""
+        if pixel_values.dtype != torch.uint8:
+            return pixel_values
+        scaled = pixel_values.to(self.pixel_mean.dtype) / 255
+        return (scaled - self.pixel_mean) / self.pixel_std
+
     def forward(self, pixel_values: Tensor) -> Tensor:
+        pixel_values = self.normalize(pixel_values)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             hidden = self.clip(pixel_values=pixel_values).last_hidden_state[:, 1:]
             tokens = self.clip.post_layernorm(hidden)

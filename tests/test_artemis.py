@@ -113,7 +113,7 @@ def test_image_modes_are_valid(artemis_dir: Path, mode: str, fmt: str) -> None:
     if mode == "RGBA":  # fully transparent pixels are laid on white
         assert rgb.getpixel((0, 0)) == (255, 255, 255)
     pixels = ImageTransform(size=8)(rgb)
-    assert pixels.shape == (3, 8, 8) and np.isfinite(pixels).all()
+    assert pixels.shape == (3, 8, 8) and pixels.dtype == np.uint8
 
 
 @pytest.mark.parametrize(("csv_form", "disk_form"), [("NFC", "NFD"), ("NFD", "NFC")])

@@ -135,12 +135,13 @@ def test_a_changed_key_misses(val_cache, data, example, encoder, tmp_path) -> No
     assert FeatureCache.open(root, key) is not None
     name, fingerprint = encoder_name(FROZEN), key["data"]
     other_size = dataclasses.replace(example, image_size=32)
-    other_stats = dataclasses.replace(example, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    grey = {"image_mean": (0.5, 0.5, 0.5), "image_std": (0.5, 0.5, 0.5)}
+    other_stats = training_encoder(dataclasses.replace(FROZEN, **grey), seed=0)
     other_weights = training_encoder(FROZEN, seed=1)
     pretrained = dataclasses.replace(FROZEN, vision_weights="/models/clip")
     misses = [
         cache_key(encoder, other_size, name, fingerprint),
-        cache_key(encoder, other_stats, name, fingerprint),
+        cache_key(other_stats, example, name, fingerprint),
         cache_key(other_weights, example, name, fingerprint),
         cache_key(encoder, example, encoder_name(pretrained), fingerprint),
     ]

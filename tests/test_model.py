@@ -188,6 +188,21 @@ def test_scorer_matches_mlp_over_concatenation() -> None:
             )
 
 
+def test_the_encoder_scales_and_normalizes_uint8_pixels(tokenizer) -> None:
+    config = tiny(image_mean=(0.2, 0.4, 0.6), image_std=(0.5, 0.25, 0.125))
+    encoder = build_model(config, tokenizer).eval().image_encoder
+    size = config.image_size
+    pixels = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    mean = torch.tensor(config.image_mean, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(config.image_std, dtype=torch.float64).view(1, 3, 1, 1)
+    by_hand = ((pixels.double() / 255 - mean) / std).float()
+    torch.testing.assert_close(encoder.normalize(pixels), by_hand)
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(pixels), encoder(by_hand))
+    assert encoder.normalize(by_hand) is by_hand  # float pixels: normalized already
+    assert not [k for k in encoder.state_dict() if k.startswith("pixel_")]  # not weights
+
+
 def test_fusion_is_identity_at_init(tokenizer) -> None:
     model = build_model(tiny(), tokenizer)
     tok = torch.randn(2, 5, 128)

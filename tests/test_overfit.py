@@ -26,7 +26,7 @@ def dominant_batch(sample, config: ModelConfig, tokenizer, lexicon, n: int = 8) 
     """8 paintings of 8 different dominant emotions, each with two dominant-emotion texts."""
     data = load_artemis(DataSource.resolve(data=str(sample.out)))
     builder = SequenceBuilder(tokenizer, lexicon, config.max_len)
-    transform = ImageTransform(config.image_size, config.image_mean, config.image_std)
+    transform = ImageTransform(config.image_size)
     chosen, seen = [], set()
     for painting in data.paintings:
         emotion, _ = Counter(a.emotion for a in painting.annotations).most_common(1)[0]
