@@ -81,6 +81,7 @@ class ModelConfig:
             (self.w_vad >= 0 and self.w_cl >= 0, "w_vad and w_cl must be >= 0"),
             (self.temperature > 0, "temperature must be > 0"),
             (len(self.image_mean) == 3 and len(self.image_std) == 3, "image mean/std need 3"),
+            (all(v > 0 for v in self.image_std), "image_std must be > 0"),
         ]
         for ok, message in checks:
             if not ok:

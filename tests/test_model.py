@@ -264,6 +264,8 @@ def test_config_validation_and_overrides() -> None:
         tiny(temperature=0)
     with pytest.raises(ValueError, match="divisible"):
         tiny(n_head=3)
+    with pytest.raises(ValueError, match="image_std must be > 0"):
+        tiny(image_std=(0.5, 0.0, 0.5))
     with pytest.raises(ValueError, match="unknown ModelConfig keys: nope"):
         ModelConfig.from_dict({"nope": 1})
     with pytest.raises(ValueError, match="no preset 'huge'"):
