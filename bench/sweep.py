@@ -1,26 +1,29 @@
-"""Benchmark: the sample sweep with ASHA vs the same trials run to the end (trial-steps, time).
+"""Benchmark: the sample sweep with early stopping vs the same trials run to the end.
 
-Issue 7, ``sweep``: the sample sweep's total trial-steps and wall time with ASHA against the
-same trials run to the end, both in one invocation.
+Issue 7, ``sweep``: the sample sweep's total trial-steps and wall time with its scheduler
+(successive halving, or Ray's ASHA) against the same trials run to the end, both in one
+invocation.
 
-    python bench/sweep.py [--num-samples 6] [--max-steps 120] [--val-every 40] [--seed 0]
-                          [--seeds 3] [--num-cpus N] [--max-concurrent N] [--keep]
+    python bench/sweep.py [--scheduler halving|asha] [--num-samples 6] [--max-steps 120]
+                          [--val-every 40] [--seed 0] [--seeds 3] [--num-cpus N]
+                          [--max-concurrent N] [--keep]
 
 Defaults are the tiny preset's sweep (``python tune/search.py`` with no arguments) on the
 embedded sample. The script runs :func:`sevlm_train.search.run_search` twice, each time with
 a fresh Ray storage, model folder and MLflow store in a temporary folder:
 
-1. **ASHA**: the sweep as configured (Optuna TPE proposes, ASHA stops weak trials early).
+1. **halving** (or **ASHA**): the sweep as configured (Optuna TPE proposes, the scheduler
+   stops weak trials early).
 2. **to the end**: the same sweep code with the same data, configs and resources, except that
    its searcher replays exactly the hyperparameters that (1) tried (Tune's
    ``BasicVariantGenerator`` with ``points_to_evaluate``) and its scheduler is FIFO, so no
    trial is stopped early. ``run_search`` takes no searcher or scheduler, so the script swaps
-   the two names that ``sevlm_train.search`` builds them from for the duration of this run;
+   the two functions that ``sevlm_train.search`` builds them with for the duration of this run;
    it then checks that every trial of (2) ran the configs of (1) and reached its last step,
    so a swap that did not take effect is caught rather than reported.
 
-A trial's steps are its last reported ``step`` (an ASHA-stopped trial's is the validation
-where it was stopped). Wall time is ``run_search``'s own (the data check, Tune, MLflow,
+A trial's steps are its last reported ``step`` (a stopped trial's is the validation where
+it was stopped). Wall time is ``run_search``'s own (the data check, Tune, MLflow,
 registering the champion); trial time is the sum of the trials' MLflow run durations.
 Each sweep's best trial is chosen as the sweep does (best validation score among the trials
 that ran to their end). *Noise* is measured, not assumed: every trial that ran to its end in
@@ -30,7 +33,7 @@ noise" when its score in the run-to-the-end sweep is at most that far from that 
 the distance is also printed against the spread of scores over trials.
 
 3. **seeds** (``--seeds N``, 3; 1 skips it): the *noise across seeds*, which decides whether a
-   different pick matters. ASHA's pick and the run-to-the-end sweep's best are run to the end
+   different pick matters. The sweep's pick and the run-to-the-end sweep's best are run to the end
    again with training seeds ``seed+1 .. seed+N-1`` (weights, data order, dropout; the data
    split stays), replayed and FIFO as in (2); their seed-``seed`` scores are those of (2).
    Each config gets the mean and standard deviation of its N scores. A different pick is
@@ -153,12 +156,15 @@ def replaying(search_module, configs: list[dict], concurrency: int) -> Iterator[
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    names = ("PruningOptunaSearch", "FinishingASHA")
+    names = ("PruningOptunaSearch", "_scheduler")
     saved = {name: getattr(search_module, name) for name in names}  # AttributeError: renamed
     search_module.PruningOptunaSearch = lambda **_: BasicVariantGenerator(
         points_to_evaluate=[dict(c) for c in configs], max_concurrent=concurrency
     )
-    search_module.FinishingASHA = lambda **_: FIFOScheduler()
+    search_module._scheduler = lambda spec, search, searcher, concurrency: (
+        FIFOScheduler(),
+        searcher,
+    )
     try:
         yield
     finally:
@@ -219,10 +225,10 @@ def check_sweep(sweep: Sweep, num_samples: int, max_steps: int) -> None:
         raise BenchError(f"{sweep.label}: " + "; ".join(problems))
 
 
-def seed_points(asha: Sweep, full: Sweep, base: int, seeds: int) -> list[dict]:
-    """ASHA's pick and the run-to-the-end best (once if they are the same config), each with
-    training seeds ``base+1 .. base+seeds-1``."""
-    configs = {key(t.params): t.params for t in (asha.champion, full.champion)}
+def seed_points(early: Sweep, full: Sweep, base: int, seeds: int) -> list[dict]:
+    """The early-stopping sweep's pick and the run-to-the-end best (once if they are the same
+    config), each with training seeds ``base+1 .. base+seeds-1``."""
+    configs = {key(t.params): t.params for t in (early.champion, full.champion)}
     return [{**c, "seed": base + s} for c in configs.values() for s in range(1, seeds)]
 
 
@@ -235,11 +241,11 @@ def seed_scores(full: Sweep, seeded: Sweep, base: int) -> dict[tuple, dict[int, 
     return scores
 
 
-def check_replay(asha: Sweep, full: Sweep) -> None:
-    """The run-to-the-end sweep ran exactly the ASHA sweep's configs, and all to the end."""
+def check_replay(early: Sweep, full: Sweep) -> None:
+    """The run-to-the-end sweep ran exactly the first sweep's configs, and all to the end."""
     problems = []
-    if Counter(key(t.params) for t in asha.trials) != Counter(key(t.params) for t in full.trials):
-        problems.append("the run-to-the-end sweep did not replay the ASHA sweep's configs")
+    if Counter(key(t.params) for t in early.trials) != Counter(key(t.params) for t in full.trials):
+        problems.append("the run-to-the-end sweep did not replay the first sweep's configs")
     if full.count("finished") != len(full.trials):
         problems.append("the run-to-the-end sweep stopped trials early")
     if problems:
@@ -262,7 +268,7 @@ def bold_if(text: str, trial: Trial, champion: Trial | None) -> str:
 
 
 def report(
-    asha: Sweep,
+    early: Sweep,
     full: Sweep,
     seeded: dict[tuple, dict[int, float]] | None,
     metric: str,
@@ -272,19 +278,20 @@ def report(
     """The figures, as markdown tables and lines."""
     lines: list[str] = []
     emit = lines.append
-    names = list(asha.trials[0].params)
-    number = {key(t.params): i for i, t in enumerate(asha.trials, 1)}  # in the order run
+    names = list(early.trials[0].params)
+    number = {key(t.params): i for i, t in enumerate(early.trials, 1)}  # in the order run
 
     emit(machine)
     emit(f"command: {command()}")
     emit("")
-    emit(f"| # | {' | '.join(names)} | ASHA: state | ASHA: steps | ASHA: best {metric} "
+    arm = early.label
+    emit(f"| # | {' | '.join(names)} | {arm}: state | {arm}: steps | {arm}: best {metric} "
          f"| to the end: steps | to the end: best {metric} |")  # fmt: skip
     emit("|---:|" + "---:|" * len(names) + "---|---:|---:|---:|---:|")
-    for t in asha.trials:
+    for t in early.trials:
         f = full.by_key(t.params)
         emit(f"| {number[key(t.params)]} | {' | '.join(fmt(t.params[n]) for n in names)} "
-             f"| {t.state} | {t.steps} | {bold_if(fmt(t.best), t, asha.champion)} "
+             f"| {t.state} | {t.steps} | {bold_if(fmt(t.best), t, early.champion)} "
              f"| {f.steps} | {bold_if(fmt(f.best), f, full.champion)} |")  # fmt: skip
     emit(f"\nBold: each sweep's best trial (best {metric} among the trials that ran to the end; "
          f"{mode}).\n")  # fmt: skip
@@ -292,25 +299,25 @@ def report(
     emit("| sweep | trials | ran to the end | stopped early | trial-steps | trial min "
          "| sweep wall s | best trial | its best score |")  # fmt: skip
     emit("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for s in (asha, full):
+    for s in (early, full):
         c = s.champion
         trial_min = None if s.trial_s is None else s.trial_s / 60
         emit(f"| {s.label} | {len(s.trials)} | {s.count('finished')} | {s.count('pruned')} "
              f"| {s.steps} | {fmt(trial_min, 3)} | {s.wall_s:.1f} | #{number[key(c.params)]} "
              f"| {fmt(c.best)} |")  # fmt: skip
 
-    saved = 1 - asha.steps / full.steps
-    emit(f"\nASHA saved {saved:.1%} of trial-steps ({asha.steps} vs {full.steps}; "
+    saved = 1 - early.steps / full.steps
+    emit(f"\n{arm} saved {saved:.1%} of trial-steps ({early.steps} vs {full.steps}; "
          f"target >= 40%): {'met' if saved >= 0.4 else 'NOT met'}")  # fmt: skip
-    emit(f"wall time (run_search): ASHA {asha.wall_s:.1f} s vs to the end {full.wall_s:.1f} s, "
-         f"{less(asha.wall_s, full.wall_s)}")  # fmt: skip
-    if asha.trial_s is not None and full.trial_s is not None:
-        emit(f"trial time (sum of the trials' runs): ASHA {asha.trial_s:.1f} s vs to the end "
-             f"{full.trial_s:.1f} s, {less(asha.trial_s, full.trial_s)}")  # fmt: skip
+    emit(f"wall time (run_search): {arm} {early.wall_s:.1f} s vs to the end {full.wall_s:.1f} s, "
+         f"{less(early.wall_s, full.wall_s)}")  # fmt: skip
+    if early.trial_s is not None and full.trial_s is not None:
+        emit(f"trial time (sum of the trials' runs): {arm} {early.trial_s:.1f} s vs to the end "
+             f"{full.trial_s:.1f} s, {less(early.trial_s, full.trial_s)}")  # fmt: skip
 
-    pick, best = full.by_key(asha.champion.params), full.champion
+    pick, best = full.by_key(early.champion.params), full.champion
     repeats = [
-        abs(t.best - full.by_key(t.params).best) for t in asha.trials if t.state == "finished"
+        abs(t.best - full.by_key(t.params).best) for t in early.trials if t.state == "finished"
     ]
     noise = max(repeats)
     scores = [t.best for t in full.trials]
@@ -328,8 +335,8 @@ def report(
         within = "within" if regret <= noise else "beyond"
         verdict = f"a different trial, {within} the run-to-run noise"
     share = f", {regret / spread:.1%} of the spread over trials" if spread > 0 else ""
-    emit(f"best trial: ASHA picked #{number[key(pick.params)]}, running every trial to the "
-         f"end picks #{number[key(best.params)]}: {verdict} (ASHA's pick scores "
+    emit(f"best trial: {arm} picked #{number[key(pick.params)]}, running every trial to the "
+         f"end picks #{number[key(best.params)]}: {verdict} ({arm}'s pick scores "
          f"{fmt(pick.best)} run to the end, the best {fmt(best.best)}: {regret:.4g} apart"
          f"{share}; run-to-run noise {noise:.4g})")  # fmt: skip
     if seeded is None:
@@ -339,8 +346,8 @@ def report(
         within = seed_verdict(lines, seeded, pick, best, number, metric, mode)
         kept = same or within
     met = saved >= 0.4 and kept
-    emit(f"\ntarget (ASHA saves >= 40% of trial-steps, with the same best trial or one within "
-         f"noise): {'met' if met else 'NOT met'}")  # fmt: skip
+    emit(f"\ntarget ({arm} saves >= 40% of trial-steps, with the same best trial or one "
+         f"within noise): {'met' if met else 'NOT met'}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -353,7 +360,7 @@ def seed_verdict(
     metric: str,
     mode: str,
 ) -> bool:
-    """The seeds table, appended to ``lines``; whether ASHA's pick is within the noise across
+    """The seeds table, appended to ``lines``; whether the sweep's pick is within the noise across
     seeds of the best (means at most one pooled standard deviation apart)."""
     lines.append(f"\n| # | seeds | {metric} per seed | mean | std |")
     lines.append("|---:|---:|---|---:|---:|")
@@ -377,17 +384,17 @@ def seed_verdict(
         verdict = "better on average than the best to the end"
     else:
         verdict = f"{'within' if gap <= pooled else 'beyond'} the noise across seeds"
-    lines.append(f"noise across seeds: ASHA's pick #{number[key(pick.params)]} {mean_p:.4g} "
+    lines.append(f"noise across seeds: the sweep's pick #{number[key(pick.params)]} {mean_p:.4g} "
                  f"± {std_p:.4g}, the best to the end #{number[key(best.params)]} {mean_b:.4g} "
                  f"± {std_b:.4g} (mean ± std over seeds): the means are {gap:.4g} apart, the "
-                 f"pooled std is {pooled:.4g}; ASHA's pick is {verdict}")  # fmt: skip
+                 f"pooled std is {pooled:.4g}; the sweep's pick is {verdict}")  # fmt: skip
     return better_pick or gap <= pooled
 
 
 def less(ours: float, theirs: float) -> str:
     """``ours`` against ``theirs`` in words: "12.3% less" or "4.5% more"."""
     change = 1 - ours / theirs
-    return f"ASHA {abs(change):.1%} {'less' if change >= 0 else 'more'}"
+    return f"{abs(change):.1%} {'less' if change >= 0 else 'more'}"
 
 
 def command() -> str:
@@ -413,7 +420,7 @@ def describe_run(args, scaling, search, train) -> str:
         f"each {config.num_workers} worker(s) "
         f"with {threads} torch thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')})"
         f"\nsweep: {args.preset} preset on the embedded sample, {search.num_samples} trials, "
-        f"{train.max_steps} steps, validation every {train.val_every}, ASHA grace "
+        f"{train.max_steps} steps, validation every {train.val_every}, {search.scheduler} grace "
         f"{search.grace_period} validation(s), reduction {search.reduction_factor:g}, seed "
         f"{args.seed}; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC"
     )
@@ -425,7 +432,7 @@ def describe_run(args, scaling, search, train) -> str:
 def start_ray(num_cpus: int | None) -> None:
     """A new local Ray cluster, with its dashboard on a port chosen here.
 
-    When ASHA stops a trial, Ray Train's ``PlacementGroupCleaner`` frees the trial's worker
+    When a trial is stopped early, Ray Train's ``PlacementGroupCleaner`` frees the trial's worker
     group through the state API (the dashboard). It finds the dashboard by itself only when
     this is the one Ray cluster on the machine; otherwise it fails ("Found multiple active
     Ray instances"), every stopped trial keeps its worker's CPU share, and on a 2-CPU machine
@@ -448,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, help="steps per trial (default: 120)")
     parser.add_argument("--val-every", type=int, help="steps between validations (40)")
     parser.add_argument("--seed", type=int, default=0, help="data split and Optuna seed (0)")
+    parser.add_argument(
+        "--scheduler", choices=("halving", "asha"), help="early stopping (default: the preset's)"
+    )
     parser.add_argument(
         "--seeds",
         type=int,
@@ -475,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --num-cpus must be >= 2 (a sweep hangs on a 1-CPU Ray cluster)",
               file=sys.stderr)  # fmt: skip
         return 2
-    print_header("sevlm sweep benchmark: ASHA vs every trial run to the end")
+    print_header("sevlm sweep benchmark: early stopping vs every trial run to the end")
     folder = Path(tempfile.mkdtemp(prefix="sevlm-bench-sweep-"))
     started_ray = False
     try:
@@ -500,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         changes = {"trial": trial}
         if args.num_samples is not None:
             changes["num_samples"] = args.num_samples
+        if args.scheduler is not None:
+            changes["scheduler"] = args.scheduler
         search = dataclasses.replace(search, **changes)
         address = os.environ.get("RAY_ADDRESS")
         if address:
@@ -512,21 +524,21 @@ def main(argv: list[str] | None = None) -> int:
         scaling.concurrent_runs = search_module.trial_concurrency(
             ray.cluster_resources(), scaling, args.max_concurrent or search.max_concurrent, say
         )
-        spec = make_spec(args, "asha", folder / "asha", source, model, train, search, scaling)
+        spec = make_spec(args, "early", folder / "early", source, model, train, search, scaling)
         trial_train = spec.configs[1]  # the preset's, with the sweep's trial settings
         machine = describe_run(args, scaling, search, trial_train)
         say(machine)
 
-        asha = run_sweep("ASHA", spec)
-        check_sweep(asha, search.num_samples, trial_train.max_steps)
+        early = run_sweep("halving" if search.scheduler == "halving" else "ASHA", spec)
+        check_sweep(early, search.num_samples, trial_train.max_steps)
         spec = make_spec(args, "full", folder / "full", source, model, train, search, scaling)
-        with replaying(search_module, [t.params for t in asha.trials], scaling.concurrent_runs):
+        with replaying(search_module, [t.params for t in early.trials], scaling.concurrent_runs):
             full = run_sweep("to the end", spec)
         check_sweep(full, search.num_samples, trial_train.max_steps)
-        check_replay(asha, full)
+        check_replay(early, full)
         seeded = None
         if args.seeds > 1:
-            points = seed_points(asha, full, trial_train.seed, args.seeds)
+            points = seed_points(early, full, trial_train.seed, args.seeds)
             space = {**search.space, "seed": {"choice": sorted({p["seed"] for p in points})}}
             search = dataclasses.replace(search, space=space, num_samples=len(points))
             spec = make_spec(args, "seeds", folder / "seeds", source, model, train, search, scaling)
@@ -536,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             if seeds.count("finished") != len(points):
                 raise BenchError("seeds: a trial stopped early")
             seeded = seed_scores(full, seeds, trial_train.seed)
-        text = report(asha, full, seeded, spec.metric, spec.mode, machine)
+        text = report(early, full, seeded, spec.metric, spec.mode, machine)
     except BenchError as e:
         print(f"error: the runs are inconsistent, no figures reported: {e}", file=sys.stderr)
         return 1

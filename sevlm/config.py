@@ -221,10 +221,13 @@ class SearchConfig:
     """max or min; None: the train config's ``select_mode``."""
     startup_trials: int | None = None
     """TPE's random start-up trials; None: half the trials, at most 10 (Optuna's default)."""
+    scheduler: str = "halving"
+    """halving: every trial of a rung waits for the others, the best go on (reproducible);
+    asha: Ray's ASHA, each trial judged on arrival against those before it (no waiting)."""
     grace_period: int = 1
-    """ASHA: validations every trial gets before it may be stopped."""
+    """Validations every trial gets before it may be stopped (the first rung)."""
     reduction_factor: float = 2.0
-    """ASHA: 1 / the fraction of trials promoted at each rung."""
+    """1 / the fraction of trials that go on at each rung."""
     trial: dict[str, Any] = field(default_factory=dict)
     """Settings every trial uses instead of the preset's (e.g. a shorter ``max_steps``)."""
 
@@ -235,6 +238,9 @@ class SearchConfig:
             raise ValueError("search config: startup_trials must be >= 0")
         if self.mode not in (None, "max", "min"):
             raise ValueError("search config: mode must be max or min")
+        if self.scheduler not in ("halving", "asha"):
+            raise ValueError(f"search config: scheduler must be halving or asha, not "
+                             f"{self.scheduler!r}")  # fmt: skip
         if self.grace_period < 1 or self.reduction_factor <= 1:
             raise ValueError("search config: grace_period >= 1 and reduction_factor > 1")
         if not self.space:

@@ -1,4 +1,5 @@
-"""A hyperparameter search: Ray Tune with Optuna's TPE and ASHA, each trial a Ray Train run.
+"""A hyperparameter search: Ray Tune with Optuna's TPE and successive halving (or Ray's ASHA),
+each trial a Ray Train run.
 
 The driver checks the data once, opens the sweep's parent MLflow run and fits a Tuner. Each
 trial is a function (Ray Train V2's pattern) that calls
@@ -6,10 +7,11 @@ trial is a function (Ray Train V2's pattern) that calls
 callback, so every trial is a nested child MLflow run with its best checkpoint logged as a
 model. At the end the best finished trial's model is registered under an alias (``champion``).
 
-ASHA and Optuna: Ray tells Optuna that a trial ASHA stopped is *complete*, with the
-under-trained score it had when stopped, and TPE would take that as a finished result.
+Early stopping and Optuna: Ray tells Optuna that a trial ASHA stopped is *complete*, with
+the under-trained score it had when stopped, and TPE would take that as a finished result.
 :class:`PruningOptunaSearch` tells Optuna such trials were *pruned* instead (their
-intermediate scores were reported as they came), which is what TPE's model expects.
+intermediate scores were reported as they came), which is what TPE's model expects. (A trial
+successive halving stops while it waits at a rung is told as pruned by Ray already.)
 
 A trial's run name is ``<sweep>-<trial id>``: when a sweep is resumed, an interrupted trial
 finds its Ray Train checkpoints and its MLflow run by that name and continues both.
@@ -45,6 +47,8 @@ from sevlm_train.driver import (
     prepare_feature_cache,
     run_training,
 )
+from sevlm_train.halving import STATE_FILE as HALVING_STATE
+from sevlm_train.halving import HalvingLimiter, SuccessiveHalving
 from sevlm_train.sweep_record import (
     TRIAL_STATE_TAG,
     SweepOutcome,
@@ -205,16 +209,7 @@ def _encode_once(spec: SweepSpec, source: DataSource, data: ArtemisData, printer
 def _new_tuner(spec: SweepSpec, search: SearchConfig, trainable, concurrency: int):
     sampler = TPESampler(seed=spec.seed, n_startup_trials=search.tpe_startup_trials)
     searcher = PruningOptunaSearch(sampler=sampler)
-    train = spec.configs[1]
-    # Steps, not Tune's iterations: a trial restarted by --resume counts its iterations
-    # from 1 again, but continues its steps where its checkpoint left them.
-    scheduler = FinishingASHA(
-        time_attr="step",
-        max_t=train.max_steps,
-        grace_period=min(search.grace_period * train.val_every, train.max_steps),
-        reduction_factor=search.reduction_factor,
-        stop_last_trials=False,  # a trial that reaches max_t ends itself, after its export
-    )
+    scheduler, searcher = _scheduler(spec, search, searcher, concurrency)
     return ray.tune.Tuner(
         trainable,
         param_space=tune_space(search),
@@ -224,7 +219,8 @@ def _new_tuner(spec: SweepSpec, search: SearchConfig, trainable, concurrency: in
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=search.num_samples,
-            max_concurrent_trials=concurrency,
+            # successive halving's limiter is in search_alg: Tune's would count waiting trials
+            max_concurrent_trials=concurrency if search.scheduler == "asha" else None,
         ),
         run_config=ray.tune.RunConfig(
             name=spec.name,
@@ -234,3 +230,29 @@ def _new_tuner(spec: SweepSpec, search: SearchConfig, trainable, concurrency: in
             verbose=1,
         ),
     )
+
+
+def _scheduler(spec: SweepSpec, search: SearchConfig, searcher, concurrency: int) -> tuple:
+    """The sweep's scheduler and the searcher it needs. Its clock is the training step, not
+    Tune's iterations: a trial restarted from a checkpoint (after a pause at a rung, or by
+    --resume) counts its iterations from 1 again, but continues its steps."""
+    train = spec.configs[1]
+    grace = min(search.grace_period * train.val_every, train.max_steps)
+    if search.scheduler == "asha":
+        scheduler = FinishingASHA(
+            time_attr="step",
+            max_t=train.max_steps,
+            grace_period=grace,
+            reduction_factor=search.reduction_factor,
+            stop_last_trials=False,  # a trial that reaches max_t ends itself, after its export
+        )
+        return scheduler, searcher
+    halving = SuccessiveHalving(
+        grace_period=grace,
+        max_t=train.max_steps,
+        reduction_factor=search.reduction_factor,
+        num_samples=search.num_samples,
+        max_concurrent=concurrency,
+        state=f"{spec.storage.rstrip('/')}/{spec.name}/{HALVING_STATE}",
+    )
+    return halving, HalvingLimiter(searcher, concurrency, halving)

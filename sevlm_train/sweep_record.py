@@ -31,7 +31,7 @@ RUN_STATES = {"FINISHED": "finished", "KILLED": "pruned", "FAILED": "failed"}
 
 
 class TrialRecorder(ray.tune.Callback):
-    """Keeps each trial's MLflow run true to what Tune did with it: a trial ASHA stopped is
+    """Keeps each trial's MLflow run true to what Tune did with it: a trial stopped early is
     ``KILLED`` (tagged pruned), one that errored is ``FAILED`` with its error, even when it
     died before it could say so itself."""
 
@@ -61,7 +61,7 @@ class TrialRecorder(ray.tune.Callback):
                 mark_failed(self.spec.tracking_uri, run_id, "ended without exporting a model")
             return
         steps = trial.last_result.get("step", 0)
-        client.set_tag(run_id, TRIAL_STATE_TAG, f"pruned by ASHA at step {steps}")
+        client.set_tag(run_id, TRIAL_STATE_TAG, f"pruned at step {steps}")
         if ERROR_TAG in run.data.tags:  # the stopped trial's own last word
             client.delete_tag(run_id, ERROR_TAG)
         client.set_terminated(run_id, status="KILLED")

@@ -104,12 +104,12 @@ def make_spec(
 # ---- the sweep's folder in storage (local, NFS or s3://) ----
 
 
-def _fs(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
+def storage_fs(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
     return pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage)))
 
 
 def save_spec(spec: SweepSpec) -> None:
-    fs, root = _fs(spec.storage)
+    fs, root = storage_fs(spec.storage)
     fs.create_dir(f"{root}/{spec.name}", recursive=True)
     with fs.open_output_stream(f"{root}/{spec.name}/{SPEC_FILE}") as f:
         f.write(json.dumps(dataclasses.asdict(spec), indent=2).encode())
@@ -117,7 +117,7 @@ def save_spec(spec: SweepSpec) -> None:
 
 def load_spec(storage: str, name: str | None) -> SweepSpec:
     """A saved sweep's spec: the one named, else the newest sweep in ``storage``."""
-    fs, root = _fs(storage)
+    fs, root = storage_fs(storage)
     if name is None:
         found = [
             info
@@ -139,7 +139,7 @@ def load_spec(storage: str, name: str | None) -> SweepSpec:
 
 
 def sweep_exists(storage: str, name: str) -> bool:
-    fs, root = _fs(storage)
+    fs, root = storage_fs(storage)
     return fs.get_file_info(f"{root}/{name}").type != pyarrow.fs.FileType.NotFound
 
 
@@ -150,7 +150,7 @@ def trial_run_name(sweep: str, trial_id: str) -> str:
 def parent_run(spec: SweepSpec, created: list[bool] | None = None) -> str:
     """The sweep's MLflow run (found by name, or created with the search's settings)."""
     params = {
-        "search": {**spec.search, "searcher": "optuna.TPE", "scheduler": "ASHA", "seed": spec.seed},
+        "search": {**spec.search, "searcher": "optuna.TPE", "seed": spec.seed},
         "model": spec.model,
         "train": spec.train,
         "data": spec.source,

@@ -39,12 +39,12 @@ TRIAL = {
 }  # fmt: skip
 
 
-def sweep_config(folder: Path, samples: int, grace_period: int = 1) -> Path:
-    """A sweep of short trials, one at a time (so the order of events is known); ASHA stops
-    none of them when ``grace_period`` is 2, their number of validations."""
+def sweep_config(folder: Path, samples: int, grace_period: int = 1, **search) -> Path:
+    """A sweep of short trials, one at a time (so the order of events is known); no trial is
+    stopped early when ``grace_period`` is 2, their number of validations."""
     path = folder / "sweep.yaml"
-    search = {"num_samples": samples, "max_concurrent": 1, "grace_period": grace_period,
-              "trial": TRIAL}  # fmt: skip
+    search |= {"num_samples": samples, "max_concurrent": 1, "grace_period": grace_period,
+               "trial": TRIAL}  # fmt: skip
     path.write_text(json.dumps({"search": search}))  # JSON is YAML
     return path
 
@@ -225,8 +225,9 @@ def test_ray_job_submit_sweep_tracked_in_a_mlflow_server(ray_head, mlflow_server
     assert len(children) == 3
     failed = [r for r in children if r.info.status == "FAILED"]
     finished = [r for r in children if r.info.status == "FINISHED"]
-    pruned = [r for r in children if r.info.status == "KILLED"]  # ASHA may stop one
-    assert len(failed) == 1 and finished and len(finished) + len(pruned) == 2
+    pruned = [r for r in children if r.info.status == "KILLED"]
+    # halving at step 4 compares the two that got there and keeps one (reduction factor 2)
+    assert len(failed) == 1 and len(finished) == 1 and len(pruned) == 1
     assert "injected fault at step 3" in failed[0].data.tags["sevlm.error"]
     for run in finished:
         assert {"model.temperature", "model.w_cl", "model.w_vad"} <= set(run.data.params)
@@ -261,7 +262,7 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     """Kill the search driver (and the Ray it started) mid-sweep; `--resume` finishes the
     sweep without running the finished trials again."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    # No early stops: a trial ASHA stops at its first checkpoint is RUNNING with a checkpoint
+    # No early stops: a trial stopped at its first checkpoint is RUNNING with a checkpoint
     # for a moment only, and the sweep can end before the kill below catches one.
     config = sweep_config(tmp_path, samples=3, grace_period=2)
     args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
@@ -321,6 +322,43 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     assert client_for(uri).get_model_version_by_alias("sevlm", "champion").run_id in {
         r.info.run_id for r in children
     }
+
+
+def test_halving_pauses_trials_at_the_rung_and_resumes_the_best(sample, tmp_path):
+    """Successive halving for real: every trial waits at the step-4 rung until all three have
+    reported there, the best two go on, and those that waited continue from their step-4
+    checkpoint (each validation logged once), while the third is pruned there."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = sweep_config(tmp_path, samples=3, reduction_factor=1.5)  # keeps 2 of 3
+    storage = tmp_path / "storage"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
+         "--config", str(config), "--name", "halves", "--storage", str(storage),
+         "--output", str(tmp_path / "runs"), "--tracking-uri", uri],
+        env=child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rh", dir="/tmp")),
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    rungs = json.loads((storage / "halves" / "halving.json").read_text())
+    assert rungs["milestones"] == [4] and len(rungs["scores"][0]) == 3
+    arrived = list(rungs["scores"][0])  # one trial at a time: in the order they ran
+    kept = rungs["kept"][0]
+    assert len(kept) == 2 and kept == sorted(kept, key=rungs["scores"][0].get)
+    waited = set(kept) - {arrived[-1]}  # the last to arrive went on without waiting
+    said = done.stdout + done.stderr
+    assert said.count("[sevlm] resumed at step 4") == len(waited) >= 1, done.stderr[-3000:]
+
+    _, children = child_runs(uri, "halves")
+    by_trial = {r.info.run_name.removeprefix("halves-"): r for r in children}
+    assert set(by_trial) == set(arrived)
+    for trial_id, run in by_trial.items():
+        steps = [m.step for m in client_for(uri).get_metric_history(run.info.run_id, "val/lm_loss")]
+        if trial_id in kept:
+            assert run.info.status == "FINISHED" and steps == [4, 8]
+        else:
+            assert run.info.status == "KILLED" and steps == [4]
+            assert run.data.tags["sevlm.trial_state"] == "pruned at step 4"
+    assert re.search(r"^\w{8}\s+pruned\s+4\s", done.stdout, re.M), done.stdout[-2000:]
 
 
 def metric_steps(uri: str, runs: list, run_name: str) -> list[int]:

@@ -1,4 +1,5 @@
-"""Search SEVLM's loss hyperparameters: Ray Tune + Optuna TPE + ASHA, every trial in MLflow.
+"""Search SEVLM's loss hyperparameters: Ray Tune, Optuna TPE and successive halving (or ASHA),
+every trial in MLflow.
 
 With no arguments: the embedded sample (written on first use into a cache folder), the tiny
 preset and a sweep sized to finish in 10 to 19 minutes on two CPU cores. On a cluster:
@@ -46,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tune/search.py",
         description="Search the contrastive temperature and the loss weights with Ray Tune, "
-        "Optuna and ASHA. Each trial is a Ray Train run and a nested MLflow run; the best "
-        "model is registered with the alias champion. Without data options: the embedded "
-        "sample.",
+        "Optuna and successive halving. Each trial is a Ray Train run and a nested MLflow run; "
+        "the best model is registered with the alias champion. Without data options: the "
+        "embedded sample.",
     )
     add_data_args(parser)
     parser.add_argument("--preset", default="tiny", help="model/train/search preset (tiny)")

@@ -1,0 +1,199 @@
+"""Successive halving, decided on fake trials: every trial of a rung is compared with all the
+others, whatever order they arrive in; waiting trials give up their slot; the rungs survive
+a restarted driver."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from ray.tune.experiment import Trial
+from ray.tune.search import Searcher
+
+from sevlm.config import SearchConfig
+from sevlm_train.halving import HalvingLimiter, SuccessiveHalving
+
+
+@dataclass
+class FakeTrial:
+    trial_id: str
+    status: str = Trial.RUNNING
+
+
+@dataclass
+class FakeController:
+    """What the scheduler asks of Tune's controller: the trials, and stopping one."""
+
+    trials: list[FakeTrial]
+    stopped: list[str] = field(default_factory=list)
+
+    def get_trials(self) -> list[FakeTrial]:
+        return self.trials
+
+    def stop_trial(self, trial: FakeTrial) -> None:
+        trial.status = Trial.TERMINATED
+        self.stopped.append(trial.trial_id)
+
+
+def halving(**kw) -> SuccessiveHalving:
+    args = {"grace_period": 40, "max_t": 120, "reduction_factor": 3, "num_samples": 6,
+            "max_concurrent": 2, "metric": "loss", "mode": "min"} | kw  # fmt: skip
+    return SuccessiveHalving(**args)
+
+
+def report(scheduler, controller, trial, step, loss, final=0.0) -> str:
+    decision = scheduler.on_trial_result(
+        controller, trial, {"step": step, "loss": loss, "final": final}
+    )
+    trial.status = {"PAUSE": Trial.PAUSED, "STOP": Trial.TERMINATED}.get(decision, trial.status)
+    return decision
+
+
+LOSSES = {"a": 3.0, "b": 2.5, "c": 4.0, "d": 1.5, "e": 3.5, "f": 2.0}  # best: d, then f
+
+
+def test_rungs_sit_below_max_t():
+    assert halving().milestones == [40]
+    assert halving(grace_period=20).milestones == [20, 60]
+    assert halving(grace_period=40, reduction_factor=2, max_t=400).milestones == [40, 80, 160, 320]
+    assert halving(grace_period=120).milestones == []  # no rung: every trial runs to its end
+
+
+@pytest.mark.parametrize("order", [list("abcdef"), list("fedcba"), list("dafbec")])
+def test_every_trial_of_a_rung_waits_and_the_best_third_go_on_in_any_order(order):
+    scheduler = halving()
+    trials = {t: FakeTrial(t) for t in order}
+    controller = FakeController(list(trials.values()))
+    decisions = {t: report(scheduler, controller, trials[t], 40, LOSSES[t]) for t in order}
+    last = order[-1]
+    # everyone but the last to arrive waited; the last one's result decided the rung
+    assert all(decisions[t] == "PAUSE" for t in order[:-1])
+    assert decisions[last] == ("CONTINUE" if last in "df" else "STOP")
+    assert scheduler.kept == [["d", "f"]]
+    assert sorted(controller.stopped) == sorted(set("abce") - {last})
+    assert {t for t, trial in trials.items() if trial.status == Trial.PAUSED} == set("df") - {last}
+
+
+def test_a_trial_is_never_stopped_at_its_last_report_and_kept_trials_run_on():
+    scheduler = halving(num_samples=3)
+    trials = [FakeTrial(t) for t in "abc"]
+    controller = FakeController(trials)
+    for trial, loss in zip(trials, (2.0, 1.0, 3.0), strict=True):
+        report(scheduler, controller, trial, 40, loss)
+    assert scheduler.kept == [["b"]]
+    assert report(scheduler, controller, trials[1], 80, 0.9) == "CONTINUE"  # no rung at 80
+    assert report(scheduler, controller, trials[1], 120, 5.0, final=1.0) == "CONTINUE"
+
+
+def test_waiting_trials_free_their_slot_and_kept_ones_are_run_first():
+    scheduler = halving(num_samples=6, max_concurrent=2, reduction_factor=2, max_t=80)
+    trials = {t: FakeTrial(t, Trial.PENDING) for t in "abcdef"}
+    controller = FakeController(list(trials.values()))
+    trials["a"].status = trials["b"].status = Trial.RUNNING
+    report(scheduler, controller, trials["a"], 40, 1.0)
+    assert scheduler.waiting() == {"a"}
+    assert scheduler.choose_trial_to_run(controller) is trials["c"]  # never the waiting a
+    for t, loss in zip("bcde", (4.0, 2.0, 3.0, 5.0), strict=True):
+        trials[t].status = Trial.RUNNING
+        assert report(scheduler, controller, trials[t], 40, loss) == "PAUSE"
+    trials["f"].status = Trial.RUNNING
+    assert report(scheduler, controller, trials["f"], 40, 0.5) == "CONTINUE"  # the last one
+    assert scheduler.kept == [["f", "a", "c"]] and scheduler.waiting() == set()
+    assert scheduler.choose_trial_to_run(controller) is trials["a"]  # f runs: one slot left
+    trials["a"].status = Trial.PENDING  # Tune stages it: asked again, the same answer
+    assert scheduler.choose_trial_to_run(controller) is trials["a"]  # not c: no slot free
+    trials["f"].status = Trial.TERMINATED
+    assert scheduler.choose_trial_to_run(controller) is trials["c"]
+
+
+def test_a_trial_that_fails_before_the_rung_leaves_its_cohort():
+    scheduler = halving(num_samples=3, reduction_factor=2, max_t=80)
+    trials = [FakeTrial(t) for t in "abc"]
+    controller = FakeController(trials)
+    report(scheduler, controller, trials[0], 40, 2.0)
+    report(scheduler, controller, trials[1], 40, 1.0)
+    assert scheduler.kept == [None]  # c may still come
+    trials[2].status = Trial.ERROR
+    scheduler.choose_trial_to_run(controller)
+    assert scheduler.kept == [["b"]] and controller.stopped == ["a"]
+
+
+def test_the_first_rung_waits_for_trials_not_yet_created():
+    scheduler = halving(num_samples=3, reduction_factor=2, max_t=80)
+    trials = [FakeTrial(t) for t in "ab"]
+    controller = FakeController(trials)
+    assert report(scheduler, controller, trials[0], 40, 2.0) == "PAUSE"
+    assert report(scheduler, controller, trials[1], 40, 1.0) == "PAUSE"  # a third is to come
+    assert scheduler.kept == [None]
+
+
+def test_max_mode_keeps_the_largest_and_a_missing_score_counts_as_worst():
+    scheduler = halving(num_samples=3, reduction_factor=3, mode="max")
+    trials = [FakeTrial(t) for t in "abc"]
+    controller = FakeController(trials)
+    report(scheduler, controller, trials[0], 40, float("nan"))
+    report(scheduler, controller, trials[1], 40, 0.2)
+    report(scheduler, controller, trials[2], 40, 0.7)
+    assert scheduler.kept == [["c"]]
+
+
+def test_the_rungs_survive_a_restarted_driver(tmp_path):
+    state = str(tmp_path / "sweep" / "halving.json")
+    (tmp_path / "sweep").mkdir()
+    first = halving(num_samples=3, reduction_factor=2, max_t=80, state=state)
+    trials = [FakeTrial(t) for t in "abc"]
+    controller = FakeController(trials)
+    report(first, controller, trials[0], 40, 2.0)
+    report(first, controller, trials[1], 40, 1.0)
+    assert json.loads((tmp_path / "sweep" / "halving.json").read_text())["scores"] == [
+        {"a": 2.0, "b": 1.0}
+    ]
+    assert list((tmp_path / "sweep").iterdir()) == [tmp_path / "sweep" / "halving.json"]
+
+    # a resumed sweep restarts its unfinished trials: a waiting one goes back to waiting
+    again = halving(num_samples=3, reduction_factor=2, max_t=80, state=state)
+    for trial in trials[:2]:
+        trial.status = Trial.RUNNING
+    assert report(again, controller, trials[0], 80, 1.9) == "PAUSE"
+    assert again.scores == [{"a": 2.0, "b": 1.0}]  # its rung score is the one it reported there
+    assert report(again, controller, trials[2], 40, 3.0) == "STOP"
+    assert again.kept == [["b"]] and "a" in controller.stopped
+
+    # and a decided rung stays decided
+    third = halving(num_samples=3, reduction_factor=2, max_t=80, state=state)
+    trials[0].status = Trial.RUNNING
+    assert report(third, controller, trials[0], 80, 0.1) == "STOP"
+    with pytest.raises(ValueError, match="written for rungs"):
+        report(halving(grace_period=20, state=state), controller, trials[1], 80, 1.0)
+
+
+class Counting(Searcher):
+    def __init__(self):
+        super().__init__(metric="loss", mode="min")
+        self.count = itertools.count()
+
+    def suggest(self, trial_id):
+        return {"x": next(self.count)}
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
+
+def test_the_limiter_does_not_count_waiting_trials():
+    scheduler = halving(num_samples=6, max_concurrent=2)
+    limiter = HalvingLimiter(Counting(), 2, scheduler)
+    assert limiter.suggest("a") and limiter.suggest("b")
+    assert limiter.suggest("c") is None  # two running
+    trials = [FakeTrial("a"), FakeTrial("b")]
+    report(scheduler, FakeController(trials), trials[0], 40, 1.0)  # a waits at the rung
+    assert limiter.suggest("c") == {"x": 2}
+    assert limiter.suggest("d") is None
+
+
+def test_the_scheduler_setting_is_checked():
+    assert SearchConfig().scheduler == "halving"
+    assert SearchConfig(scheduler="asha").scheduler == "asha"
+    with pytest.raises(ValueError, match="halving or asha"):
+        SearchConfig(scheduler="hyperband")
