@@ -14,12 +14,15 @@ on from the Ray Train checkpoint it wrote with its report at the rung. The searc
 concurrency limit must not count waiting trials (:class:`HalvingLimiter`), or the trials
 that have to reach the rung before a decision could never start.
 
-The rungs' scores are kept in a small JSON file beside the sweep's state, so a sweep resumed
-after its driver died decides its rungs on the scores reported before.
+The rungs' scores are kept in a small JSON file in the sweep's storage, so a sweep resumed
+after its driver died decides its rungs on the scores reported before. Not in Tune's
+experiment folder: a resumed Tune downloads that folder and uploads its copy back as it goes,
+which would put the old scores back over the new ones.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import uuid
@@ -71,7 +74,7 @@ class SuccessiveHalving(FIFOScheduler):
         self.time_attr = time_attr
         self._metric, self._mode = metric, mode
         self.state = state
-        """``storage/folder/halving.json`` (local path or URI); None: kept in memory only."""
+        """A JSON file (local path or URI) for the rungs; None: kept in memory only."""
         self.scores: list[dict[str, float]] = [{} for _ in self.milestones]
         """Per rung: trial id -> its score there, smaller is better (negated for max)."""
         self.kept: list[list[str] | None] = [None for _ in self.milestones]
@@ -85,16 +88,24 @@ class SuccessiveHalving(FIFOScheduler):
 
     # ---- what Tune asks ----
 
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        """A trial that --resume restores while it waits at a rung, or after its rung dropped
+        it, stays paused: Tune would otherwise start it again and run it past the rung."""
+        self._load()
+        if trial.status == Trial.PENDING and not self._goes_on(trial):
+            trial.set_status(Trial.PAUSED)  # before Tune files the trial under its status
+
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self._load()
         trial_id = trial.trial_id
         if result.get("final"):
             return self.CONTINUE
-        rung = self._rung_of(trial_id)
-        if rung is not None and self.kept[rung] is None:
-            return self.PAUSE  # restarted (a resumed sweep) while its rung is undecided
-        if rung is not None and trial_id not in self.kept[rung]:
+        standing = self._standing(trial_id)
+        if standing == "waiting":
+            return self.PAUSE
+        if standing == "dropped":
             return self.STOP
+        rung = self._rung_of(trial_id)
         nxt = 0 if rung is None else rung + 1
         if nxt >= len(self.milestones) or result.get(self.time_attr, 0) < self.milestones[nxt]:
             return self.CONTINUE
@@ -142,31 +153,39 @@ class SuccessiveHalving(FIFOScheduler):
         reported = [k for k, scores in enumerate(self.scores) if trial_id in scores]
         return reported[-1] if reported else None
 
+    def _standing(self, trial_id: str) -> str:
+        """new (before its first rung), or at its last rung: waiting, kept or dropped."""
+        rung = self._rung_of(trial_id)
+        if rung is None:
+            return "new"
+        if self.kept[rung] is None:
+            return "waiting"
+        return "kept" if trial_id in self.kept[rung] else "dropped"
+
     def _goes_on(self, trial: Trial) -> bool:
-        rung = self._rung_of(trial.trial_id)
-        return rung is None or (self.kept[rung] is not None and trial.trial_id in self.kept[rung])
+        return self._standing(trial.trial_id) in ("new", "kept")
 
     def _decide(self, tune_controller) -> None:
-        """Decide every rung whose cohort is complete, in order, and stop the waiting trials
-        it drops (a trial reporting now is told by its result's decision instead)."""
+        """Decide every rung whose cohort is complete, in order, and stop the trials not
+        running that a rung dropped (a trial reporting now is told by its decision)."""
         trials = {t.trial_id: t for t in tune_controller.get_trials()}
+        ended = (Trial.TERMINATED, Trial.ERROR)
         for k, scores in enumerate(self.scores):
             if self.kept[k] is not None:
                 continue
             cohort = set(trials) if k == 0 else set(self.kept[k - 1])
             if k == 0 and len(trials) < self.num_samples:
-                return
-            ended = (Trial.TERMINATED, Trial.ERROR)
+                break
             if any(t not in scores and t in trials and trials[t].status not in ended
                    for t in cohort):  # fmt: skip
-                return
+                break
             keep = max(1, math.floor(len(scores) / self.reduction_factor)) if scores else 0
             self.kept[k] = sorted(scores, key=lambda t: (scores[t], t))[:keep]
             self._save()
-            for trial_id in set(scores) - set(self.kept[k]):
-                trial = trials.get(trial_id)
-                if trial is not None and trial.status in (Trial.PAUSED, Trial.PENDING):
-                    tune_controller.stop_trial(trial)
+        for trial in trials.values():
+            idle = trial.status in (Trial.PAUSED, Trial.PENDING)
+            if idle and self._standing(trial.trial_id) == "dropped":
+                tune_controller.stop_trial(trial)
 
     # ---- the state file ----
 
@@ -189,6 +208,7 @@ class SuccessiveHalving(FIFOScheduler):
         if self.state is None:
             return
         fs, path = storage_fs(self.state)
+        fs.create_dir(path.rpartition("/")[0], recursive=True)
         staged = f"{path}.{uuid.uuid4().hex}"
         state = {"milestones": self.milestones, "scores": self.scores, "kept": self.kept}
         with fs.open_output_stream(staged) as f:
@@ -202,6 +222,12 @@ class HalvingLimiter(ConcurrencyLimiter):
     def __init__(self, searcher: Searcher, max_concurrent: int, halving: SuccessiveHalving):
         super().__init__(searcher, max_concurrent=max_concurrent)
         self.halving = halving
+
+    def get_state(self) -> dict:
+        """The limiter's own state, which Tune saves and a resumed sweep restores: not the
+        scheduler, or the restored limiter would consult a stale copy of its rungs."""
+        skip = ("searcher", "halving")
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k not in skip})
 
     def suggest(self, trial_id: str) -> dict | None:
         running = self.live_trials - self.halving.waiting()

@@ -253,6 +253,7 @@ def _scheduler(spec: SweepSpec, search: SearchConfig, searcher, concurrency: int
         reduction_factor=search.reduction_factor,
         num_samples=search.num_samples,
         max_concurrent=concurrency,
-        state=f"{spec.storage.rstrip('/')}/{spec.name}/{HALVING_STATE}",
+        # not in Tune's own folder: a resumed Tune copies that folder back over itself
+        state=f"{spec.trials_storage}/{HALVING_STATE}",
     )
     return halving, HalvingLimiter(searcher, concurrency, halving)

@@ -21,6 +21,9 @@ class FakeTrial:
     trial_id: str
     status: str = Trial.RUNNING
 
+    def set_status(self, status: str) -> None:
+        self.status = status
+
 
 @dataclass
 class FakeController:
@@ -140,8 +143,7 @@ def test_max_mode_keeps_the_largest_and_a_missing_score_counts_as_worst():
 
 
 def test_the_rungs_survive_a_restarted_driver(tmp_path):
-    state = str(tmp_path / "sweep" / "halving.json")
-    (tmp_path / "sweep").mkdir()
+    state = str(tmp_path / "sweep" / "halving.json")  # its folder is made on the first save
     first = halving(num_samples=3, reduction_factor=2, max_t=80, state=state)
     trials = [FakeTrial(t) for t in "abc"]
     controller = FakeController(trials)
@@ -152,17 +154,27 @@ def test_the_rungs_survive_a_restarted_driver(tmp_path):
     ]
     assert list((tmp_path / "sweep").iterdir()) == [tmp_path / "sweep" / "halving.json"]
 
-    # a resumed sweep restarts its unfinished trials: a waiting one goes back to waiting
+    # --resume: Tune restores the unfinished trials as pending; the waiting ones stay paused
     again = halving(num_samples=3, reduction_factor=2, max_t=80, state=state)
-    for trial in trials[:2]:
-        trial.status = Trial.RUNNING
-    assert report(again, controller, trials[0], 80, 1.9) == "PAUSE"
-    assert again.scores == [{"a": 2.0, "b": 1.0}]  # its rung score is the one it reported there
+    for trial in trials:
+        trial.status = Trial.PENDING
+        again.on_trial_add(controller, trial)
+    assert [t.status for t in trials] == [Trial.PAUSED, Trial.PAUSED, Trial.PENDING]
+    assert again.choose_trial_to_run(controller) is trials[2]
+    trials[2].status = Trial.RUNNING
     assert report(again, controller, trials[2], 40, 3.0) == "STOP"
-    assert again.kept == [["b"]] and "a" in controller.stopped
+    assert again.kept == [["b"]] and controller.stopped == ["a"]
+    assert again.choose_trial_to_run(controller) is trials[1]
 
-    # and a decided rung stays decided
+    # a trial dropped at a decided rung but not yet stopped when the driver died is stopped
     third = halving(num_samples=3, reduction_factor=2, max_t=80, state=state)
+    trials[0].status = trials[1].status = Trial.PENDING
+    for trial in trials[:2]:
+        third.on_trial_add(controller, trial)
+    assert [t.status for t in trials[:2]] == [Trial.PAUSED, Trial.PENDING]
+    assert third.choose_trial_to_run(controller) is trials[1]
+    assert controller.stopped == ["a", "a"]
+    # a trial restarted some other way is told where it stands at its first report
     trials[0].status = Trial.RUNNING
     assert report(third, controller, trials[0], 80, 0.1) == "STOP"
     with pytest.raises(ValueError, match="written for rungs"):
@@ -197,3 +209,17 @@ def test_the_scheduler_setting_is_checked():
     assert SearchConfig(scheduler="asha").scheduler == "asha"
     with pytest.raises(ValueError, match="halving or asha"):
         SearchConfig(scheduler="hyperband")
+
+
+def test_a_restored_limiter_keeps_asking_the_live_scheduler():
+    scheduler = halving(num_samples=6, max_concurrent=1)
+    limiter = HalvingLimiter(Counting(), 1, scheduler)
+    assert limiter.suggest("a")
+    state = limiter.get_state()
+    assert "halving" not in state and "searcher" not in state
+    restored = HalvingLimiter(Counting(), 1, scheduler)
+    restored.set_state(state)
+    assert restored.suggest("b") is None  # a runs
+    trials = [FakeTrial("a")]
+    report(scheduler, FakeController(trials), trials[0], 40, 1.0)  # a waits: b may start
+    assert restored.halving is scheduler and restored.suggest("b") == {"x": 0}

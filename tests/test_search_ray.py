@@ -324,29 +324,47 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     }
 
 
-def test_halving_pauses_trials_at_the_rung_and_resumes_the_best(sample, tmp_path):
-    """Successive halving for real: every trial waits at the step-4 rung until all three have
-    reported there, the best two go on, and those that waited continue from their step-4
-    checkpoint (each validation logged once), while the third is pruned there."""
+def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
+    """Successive halving for real, with the driver killed while two trials wait at the
+    step-4 rung: after --resume they wait (they are not run past the rung), the third reports
+    there, the best two go on from their step-4 checkpoints (each validation logged once)
+    and the other is pruned at step 4."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = sweep_config(tmp_path, samples=3, reduction_factor=1.5)  # keeps 2 of 3
     storage = tmp_path / "storage"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
-         "--config", str(config), "--name", "halves", "--storage", str(storage),
-         "--output", str(tmp_path / "runs"), "--tracking-uri", uri],
-        env=child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rh", dir="/tmp")),
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    rungs = json.loads((storage / "halves" / "halving.json").read_text())
-    assert rungs["milestones"] == [4] and len(rungs["scores"][0]) == 3
+    rungs_file = storage / "halves-trials" / "halving.json"
+    args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
+            "--config", str(config), "--name", "halves", "--storage", str(storage),
+            "--output", str(tmp_path / "runs"), "--tracking-uri", uri]  # fmt: skip
+    env = child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rh", dir="/tmp"))
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        try:
+
+            def two_waiting():
+                rungs = json.loads(rungs_file.read_text()) if rungs_file.is_file() else None
+                return rungs and len(rungs["scores"][0]) == 2 and rungs["kept"][0] is None
+
+            wait_for(two_waiting, 400, "two trials waiting at the rung", 0.5)
+        finally:
+            stop_session(first, grace_s=0)
+
+    resumed = subprocess.run(
+        [*args, "--resume"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    rungs = json.loads(rungs_file.read_text())
+    # rungs at steps 4 and 6: the trials validate at 4 and 8, and 8 is their last report
+    assert rungs["milestones"] == [4, 6] and len(rungs["scores"][0]) == 3
     arrived = list(rungs["scores"][0])  # one trial at a time: in the order they ran
     kept = rungs["kept"][0]
     assert len(kept) == 2 and kept == sorted(kept, key=rungs["scores"][0].get)
     waited = set(kept) - {arrived[-1]}  # the last to arrive went on without waiting
-    said = done.stdout + done.stderr
-    assert said.count("[sevlm] resumed at step 4") == len(waited) >= 1, done.stderr[-3000:]
+    said = resumed.stdout + resumed.stderr
+    assert said.count("[sevlm] resumed at step 4") == len(waited) >= 1, resumed.stderr[-3000:]
 
     _, children = child_runs(uri, "halves")
     by_trial = {r.info.run_name.removeprefix("halves-"): r for r in children}
@@ -358,7 +376,7 @@ def test_halving_pauses_trials_at_the_rung_and_resumes_the_best(sample, tmp_path
         else:
             assert run.info.status == "KILLED" and steps == [4]
             assert run.data.tags["sevlm.trial_state"] == "pruned at step 4"
-    assert re.search(r"^\w{8}\s+pruned\s+4\s", done.stdout, re.M), done.stdout[-2000:]
+    assert re.search(r"^\w{8}\s+pruned\s+4\s", resumed.stdout, re.M), resumed.stdout[-2000:]
 
 
 def metric_steps(uri: str, runs: list, run_name: str) -> list[int]:
