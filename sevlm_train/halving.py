@@ -9,7 +9,7 @@ the order they arrive, and so does the cost (22% to 50% of trial-steps saved on 
 sweep, bench/RESULTS.md). Here every trial of a rung is compared with all the others: with
 reproducible training the same sweep stops the same trials every time.
 
-Waiting costs nothing but a restart: a paused trial gives its slot to the next one, and goes
+Waiting costs a restart, not a slot: a paused trial gives its slot to the next one, and goes
 on from the Ray Train checkpoint it wrote with its report at the rung. The searcher's
 concurrency limit must not count waiting trials (:class:`HalvingLimiter`), or the trials
 that have to reach the rung before a decision could never start.
