@@ -14,7 +14,9 @@ function, :func:`sevlm.examples.decode_batch`:
   Ray started with ``num_cpus=N``; one consumer reads it with ``iter_batches`` as a Train
   worker does (numpy batches, ``local_shuffle_buffer_size`` 4 batches, as
   ``sevlm_train/loop.py``): ``--epochs-per-pass`` E epochs in one read, as the trainer reads
-  a split this small (:func:`sevlm.pipeline.epochs_per_pass`).
+  a split this small (:func:`sevlm.pipeline.epochs_per_pass`). Each decode task decodes a
+  batch with ``--decode-threads`` threads (the pipeline's default, 2); a batch of one row,
+  as the DataLoader's, has nothing to share between threads.
 - DataLoader: a map-style dataset whose ``__getitem__`` runs ``decode_batch`` on one row,
   ``num_workers=N`` persistent workers, the default collate (tensors in shared memory),
   ``shuffle=True``.
@@ -74,6 +76,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.examples import ExampleConfig, decode_batch, painting_records
+from sevlm.pipeline import DECODE_THREADS
 from sevlm.sample import write_sample
 
 RAY, LOADER, SERIAL = "Ray Data", "DataLoader", "one process"
@@ -301,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         "--stage-cpus", type=float, default=0.25, help="build_pipeline num_cpus (0.25, its default)"
     )
     parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=DECODE_THREADS,
+        help=f"build_pipeline decode_threads ({DECODE_THREADS}, its default)",
+    )
+    parser.add_argument(
         "--unordered",
         action="store_true",
         help="Ray Data delivers blocks as their tasks finish (preserve_order off; the pipeline "
@@ -410,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = build_pipeline(
             data, config, epoch=None, splits=("train",), batch_size=args.batch,
             num_cpus=args.stage_cpus, epochs_per_pass=per_pass,
+            decode_threads=args.decode_threads,
         )  # fmt: skip
         dataset = pipeline.datasets["train"]
         dataset.context.execution_options.preserve_order = not args.unordered
@@ -474,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     images = len(expected)
     settings = {
         RAY: f"ray.init(num_cpus={args.cpus}), build_pipeline(num_cpus={args.stage_cpus}, "
-        f"epochs_per_pass={per_pass}, preserve_order={not args.unordered}), "
+        f"epochs_per_pass={per_pass}, decode_threads={args.decode_threads}, "
+        f"preserve_order={not args.unordered}), "
         f"iter_batches(prefetch_batches={args.prefetch_batches}, "
         f"local_shuffle_buffer_size={shuffle_buffer}), worker niceness {niceness}",
         LOADER: f"num_workers={args.cpus}, persistent_workers, shuffle={shuffle_buffer > 0}",

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -114,27 +115,43 @@ def pass_epochs(batch: dict, stream_pass: int, epochs_per_pass: int) -> np.ndarr
     return stream_pass * epochs_per_pass + batch.get("epoch", 0)
 
 
-def decode_batch(batch: dict, config: ExampleConfig) -> tuple[dict, dict[str, list[str]]]:
+def decode_batch(
+    batch: dict, config: ExampleConfig, threads: int = 1
+) -> tuple[dict, dict[str, list[str]]]:
     """Add ``pixel_values`` ``[B, 3, S, S]``; rows whose image cannot be read are dropped.
 
     Returns the batch and the dropped rows' keys by reason (``missing_image``,
-    ``unreadable_image``).
+    ``unreadable_image``). With ``threads`` > 1 the images are decoded by that many threads:
+    Pillow releases the GIL while it decodes and resizes, so they run in parallel.
     """
-    transform = config.transform
+    paths = [Path(path) for path in batch["image"]]
+    if threads > 1 and len(paths) > 1:
+        with ThreadPoolExecutor(min(threads, len(paths))) as pool:
+            loaded = list(pool.map(partial(_load_or_reason, config.transform), paths))
+    else:
+        loaded = [_load_or_reason(config.transform, path) for path in paths]
     pixels, keep = [], []
     dropped: dict[str, list[str]] = {}
-    for i, path in enumerate(batch["image"]):
-        try:
-            pixels.append(transform.load(Path(path)))
+    for i, image in enumerate(loaded):
+        if isinstance(image, str):
+            dropped.setdefault(image, []).append(str(batch["key"][i]))
+        else:
+            pixels.append(image)
             keep.append(i)
-        except FileNotFoundError:
-            dropped.setdefault("missing_image", []).append(str(batch["key"][i]))
-        except Exception:  # any decode failure: counted by the caller, never fatal
-            dropped.setdefault("unreadable_image", []).append(str(batch["key"][i]))
     out = {k: _take(v, keep) for k, v in batch.items()}
     size = config.image_size
     out["pixel_values"] = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.uint8)
     return out, dropped
+
+
+def _load_or_reason(transform: ImageTransform, path: Path) -> np.ndarray | str:
+    """The decoded image, or why it could not be read."""
+    try:
+        return transform.load(path)
+    except FileNotFoundError:
+        return "missing_image"
+    except Exception:  # any decode failure: counted by the caller, never fatal
+        return "unreadable_image"
 
 
 def encode_batch(batch: dict, config: ExampleConfig, epoch: int | Sequence[int]) -> dict:

@@ -63,6 +63,13 @@ class DropCounter:
         return {reason: sorted(keys) for reason, keys in sorted(self.keys.items())}
 
 
+DECODE_THREADS = 2
+"""Threads that decode the images of a batch in each decode task. (Pillow releases the GIL
+while it decodes.) Ray Data starts a task's successor only at its next poll, up to 0.1 s after
+the task ends, and runs one task alone for the first second of a read: a second thread keeps
+the CPU busy meanwhile."""
+
+
 @dataclass
 class Pipeline:
     """Ray Datasets per split, and the counter of what their decoding dropped."""
@@ -85,6 +92,7 @@ def build_pipeline(
     num_cpus: float = 0.25,
     features: Path | str | None = None,
     epochs_per_pass: int = 1,
+    decode_threads: int = DECODE_THREADS,
 ) -> Pipeline:
     """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``.
 
@@ -101,6 +109,9 @@ def build_pipeline(
     - ``epochs_per_pass`` == 1 (a large split): Ray Data shuffles the records before
       decoding, seeded and anew for every read, so every epoch has its own order.
 
+    Each decode task decodes a batch with ``decode_threads`` threads (see
+    :data:`DECODE_THREADS`).
+
     With ``features`` (a feature cache folder, see :func:`cache_features`) rows carry the
     cached ``image_features`` instead of ``pixel_values``: no image is decoded. Paintings the
     cache lacks are dropped and counted by the reason it recorded.
@@ -116,7 +127,7 @@ def build_pipeline(
     counter = DropCounter.remote()
 
     def decode(batch: dict) -> dict:
-        out, dropped = decode_batch(batch, config)
+        out, dropped = decode_batch(batch, config, decode_threads)
         for reason, keys in dropped.items():
             ray.get(counter.add.remote(reason, keys))
         return out

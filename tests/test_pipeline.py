@@ -56,6 +56,25 @@ def test_unreadable_images_are_dropped_and_counted_once(ray_local, sample, tmp_p
     assert pipeline.dropped() == expected  # the same paintings, counted once
 
 
+def test_threaded_decoding_gives_the_same_rows_and_drops(sample, tmp_path: Path) -> None:
+    from sevlm.examples import decode_batch, painting_records
+
+    copy = tmp_path / "sample"
+    shutil.copytree(sample.out, copy)
+    paintings = load_artemis(DataSource.resolve(data=str(copy))).split("val")[:9]
+    paintings[1].image.write_bytes(b"corrupted after the check")
+    paintings[6].image.unlink()
+    batch = painting_records(paintings)
+    serial, serial_dropped = decode_batch(batch, CONFIG)
+    threaded, threaded_dropped = decode_batch(batch, CONFIG, threads=4)
+    expected = {"unreadable_image": [batch["key"][1]], "missing_image": [batch["key"][6]]}
+    assert threaded_dropped == serial_dropped == expected
+    assert list(threaded["key"]) == [k for i, k in enumerate(batch["key"]) if i not in (1, 6)]
+    assert list(threaded["key"]) == list(serial["key"])
+    np.testing.assert_array_equal(threaded["pixel_values"], serial["pixel_values"])
+    assert threaded["pixel_values"].shape == (7, 3, 32, 32)
+
+
 def test_relative_inputs_become_absolute_paths(sample, monkeypatch) -> None:
     from sevlm.examples import painting_records
 
