@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -126,17 +127,8 @@ def build_pipeline(
         raise ValueError("epochs_per_pass > 1 needs epoch=None: the consumer pairs each epoch")
     counter = DropCounter.remote()
 
-    def decode(batch: dict) -> dict:
-        out, dropped = decode_batch(batch, config, decode_threads)
-        for reason, keys in dropped.items():
-            ray.get(counter.add.remote(reason, keys))
-        return out
-
-    def lookup(batch: dict) -> dict:
-        out, dropped = attach_features(batch, load_cached(str(features)))
-        for reason, keys in dropped.items():
-            ray.get(counter.add.remote(reason, keys))
-        return out
+    decode = _counting(partial(decode_batch, config=config, threads=decode_threads), counter)
+    lookup = _counting(lambda batch: attach_features(batch, load_cached(str(features))), counter)
 
     def encode(batch: dict) -> dict:
         return encode_batch(batch, config, epoch)
@@ -163,6 +155,21 @@ def build_pipeline(
         result[split] = ds.map_batches(decode if features is None else lookup, **opts)
         result[split].context.execution_options.preserve_order = True
     return Pipeline(result, counter)
+
+
+def _counting(
+    transform: Callable[[dict], tuple[dict, dict[str, list[str]]]],
+    counter: ray.actor.ActorHandle,
+) -> Callable[[dict], dict]:
+    """A stage's function: ``transform``'s batch, the keys it dropped reported to ``counter``."""
+
+    def counted(batch: dict) -> dict:
+        out, dropped = transform(batch)
+        for reason, keys in dropped.items():
+            ray.get(counter.add.remote(reason, keys))
+        return out
+
+    return counted
 
 
 PASS_ROWS = 20_000
@@ -260,10 +267,12 @@ def _encoded(
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Stream ``(keys, features)`` batches: decode tasks, then the encoder's actor pool."""
 
+    counted_decode = _counting(
+        partial(decode_batch, config=example, threads=DECODE_THREADS), counter
+    )
+
     def decode(batch: dict) -> dict:
-        out, dropped = decode_batch(batch, example)
-        for reason, keys in dropped.items():
-            ray.get(counter.add.remote(reason, keys))
+        out = counted_decode(batch)
         return {"key": out["key"], "pixel_values": out["pixel_values"]}
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
