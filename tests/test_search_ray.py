@@ -56,14 +56,15 @@ def free_port() -> int:
 
 
 def session_pids(sid: int) -> list[int]:
-    """Processes of one session (the field after the process group in /proc/PID/stat)."""
+    """Live processes of one session (the field after the process group in /proc/PID/stat);
+    zombies have ended, only their parent has not reaped them yet."""
     pids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == sid:
+        if int(fields[3]) == sid and fields[0] != "Z":
             pids.append(int(stat.parent.name))
     return pids
 
