@@ -76,7 +76,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.examples import ExampleConfig, decode_batch, painting_records
-from sevlm.pipeline import DECODE_THREADS
 from sevlm.sample import write_sample
 
 RAY, LOADER, SERIAL = "Ray Data", "DataLoader", "one process"
@@ -306,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--decode-threads",
         type=int,
-        default=DECODE_THREADS,
-        help=f"build_pipeline decode_threads ({DECODE_THREADS}, its default)",
+        help="build_pipeline decode_threads (default: its own, sevlm.pipeline.DECODE_THREADS)",
     )
     parser.add_argument(
         "--unordered",
@@ -335,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--cpus must be at least 1")
     if args.epochs_per_pass < 1 or args.repeats < 1:
         parser.error("--epochs-per-pass and --repeats must be at least 1")
+    if args.decode_threads is not None and args.decode_threads < 1:
+        parser.error("--decode-threads must be at least 1")
     shuffle_buffer = 4 * args.batch if args.shuffle_buffer is None else args.shuffle_buffer
     niceness = os.nice(0) if args.ray_niceness is None else args.ray_niceness
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -398,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
-        from sevlm.pipeline import build_pipeline
+        from sevlm.pipeline import DECODE_THREADS, build_pipeline
+
+        threads = args.decode_threads or DECODE_THREADS
 
         started = time.perf_counter()
         ray.init(
@@ -419,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = build_pipeline(
             data, config, epoch=None, splits=("train",), batch_size=args.batch,
             num_cpus=args.stage_cpus, epochs_per_pass=per_pass,
-            decode_threads=args.decode_threads,
+            decode_threads=threads,
         )  # fmt: skip
         dataset = pipeline.datasets["train"]
         dataset.context.execution_options.preserve_order = not args.unordered
@@ -484,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     images = len(expected)
     settings = {
         RAY: f"ray.init(num_cpus={args.cpus}), build_pipeline(num_cpus={args.stage_cpus}, "
-        f"epochs_per_pass={per_pass}, decode_threads={args.decode_threads}, "
+        f"epochs_per_pass={per_pass}, decode_threads={threads}, "
         f"preserve_order={not args.unordered}), "
         f"iter_batches(prefetch_batches={args.prefetch_batches}, "
         f"local_shuffle_buffer_size={shuffle_buffer}), worker niceness {niceness}",

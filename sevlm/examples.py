@@ -15,6 +15,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from sevlm.artemis import Painting
 from sevlm.config import ModelConfig
@@ -124,8 +125,11 @@ def decode_batch(
     ``unreadable_image``). With ``threads`` > 1 the images are decoded by that many threads:
     Pillow releases the GIL while it decodes and resizes, so they run in parallel.
     """
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     paths = [Path(path) for path in batch["image"]]
     if threads > 1 and len(paths) > 1:
+        Image.init()  # every format plugin, before threads open files of any format
         with ThreadPoolExecutor(min(threads, len(paths))) as pool:
             loaded = list(pool.map(partial(_load_or_reason, config.transform), paths))
     else:

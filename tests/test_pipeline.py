@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.examples import ExampleConfig, iter_batches
@@ -73,6 +74,8 @@ def test_threaded_decoding_gives_the_same_rows_and_drops(sample, tmp_path: Path)
     assert list(threaded["key"]) == list(serial["key"])
     np.testing.assert_array_equal(threaded["pixel_values"], serial["pixel_values"])
     assert threaded["pixel_values"].shape == (7, 3, 32, 32)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        decode_batch(batch, CONFIG, threads=0)
 
 
 def test_relative_inputs_become_absolute_paths(sample, monkeypatch) -> None:
