@@ -375,7 +375,10 @@ def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
         if trial_id in kept:
             assert run.info.status == "FINISHED" and steps == [4, 8]
         else:
-            assert run.info.status == "KILLED" and steps == [4]
+            # The worker trains on while the stop travels to it (about 1.3 s: the whole rest
+            # of this tiny trial in one CI run), so a validation after the rung may be logged;
+            # the sweep's own record, checked below, ends at the rung.
+            assert run.info.status == "KILLED" and steps in ([4], [4, 8])
             assert run.data.tags["sevlm.trial_state"] == "pruned at step 4"
     assert re.search(r"^\w{8}\s+pruned\s+4\s", resumed.stdout, re.M), resumed.stdout[-2000:]
 
