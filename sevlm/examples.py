@@ -128,12 +128,13 @@ def decode_batch(
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     paths = [Path(path) for path in batch["image"]]
+    load = partial(_load_or_reason, config.transform)
     if threads > 1 and len(paths) > 1:
         Image.init()  # every format plugin, before threads open files of any format
         with ThreadPoolExecutor(min(threads, len(paths))) as pool:
-            loaded = list(pool.map(partial(_load_or_reason, config.transform), paths))
+            loaded = list(pool.map(load, paths))
     else:
-        loaded = [_load_or_reason(config.transform, path) for path in paths]
+        loaded = list(map(load, paths))
     pixels, keep = [], []
     dropped: dict[str, list[str]] = {}
     for i, image in enumerate(loaded):
