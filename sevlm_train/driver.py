@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
@@ -42,6 +42,9 @@ from sevlm.tracking import (
 )
 from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_pretrained
 from sevlm_train.loop import train_loop_per_worker
+
+if TYPE_CHECKING:  # only a search trial makes one; ray.tune stays unimported otherwise
+    from sevlm_train.halving import RungGate
 
 Printer = Callable[[str], None]
 MODEL_URI_TAG = "sevlm.model_uri"
@@ -145,6 +148,7 @@ def run_training(
     data: ArtemisData | None = None,
     callbacks: list | None = None,
     feature_cache: Path | str | None = None,
+    rung_gate: RungGate | None = None,
     printer: Printer = print,
 ) -> TrainOutcome:
     """Train one model with Ray Train and MLflow; write the best model to ``output/model``.
@@ -152,7 +156,8 @@ def run_training(
     ``callbacks`` go to Ray Train's ``RunConfig`` (a search trial passes Tune's reporter).
     With a frozen image encoder (and ``train_cfg.feature_cache``), the images are encoded
     once into a feature cache under ``feature_cache`` (default: :func:`feature_cache_root`
-    of the storage) and the workers read that instead of running the encoder.
+    of the storage) and the workers read that instead of running the encoder. A trial of
+    successive halving passes its ``rung_gate``: the workers wait at each rung for its verdict.
     """
     scaling = scaling or Scaling()
     prep = prep or UtterancePrep()
@@ -219,6 +224,7 @@ def run_training(
             "threads": threads,
             "feature_cache": feature_cache_spec(features),
             "epochs_per_pass": per_pass,
+            "rung_gate": rung_gate,
         },
         scaling_config=config,
         run_config=ray.train.RunConfig(

@@ -25,7 +25,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 import uuid
+from dataclasses import dataclass
 
 import pyarrow.fs
 from ray.tune.experiment import Trial
@@ -35,6 +37,15 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from sevlm_train.sweep_spec import storage_fs
 
 STATE_FILE = "halving.json"
+
+
+def rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[int]:
+    """The rungs' steps: ``grace_period * reduction_factor**k``, rounded up, below ``max_t``."""
+    steps, step = [], grace_period
+    while step < max_t:
+        steps.append(step)
+        step = math.ceil(step * reduction_factor)
+    return steps
 
 
 class SuccessiveHalving(FIFOScheduler):
@@ -63,11 +74,7 @@ class SuccessiveHalving(FIFOScheduler):
         if grace_period < 1 or reduction_factor <= 1 or num_samples < 1 or max_concurrent < 1:
             raise ValueError("successive halving: grace_period, num_samples and max_concurrent "
                              "must be >= 1 and reduction_factor > 1")  # fmt: skip
-        self.milestones: list[int] = []
-        step = grace_period
-        while step < max_t:
-            self.milestones.append(step)
-            step = math.ceil(step * reduction_factor)
+        self.milestones = rungs(grace_period, max_t, reduction_factor)
         self.reduction_factor = reduction_factor
         self.num_samples = num_samples
         self.max_concurrent = max_concurrent
@@ -238,3 +245,50 @@ class HalvingLimiter(ConcurrencyLimiter):
             self.live_trials.add(trial_id)
             self.num_unfinished_live_trials += 1
         return suggestion
+
+
+@dataclass(frozen=True)
+class RungGate:
+    """Holds a trial's training at each rung until the sweep has decided the rung.
+
+    Tune's verdict (pause or stop) reaches a trial's Ray Train workers a second or so after
+    their report, and they would train on meanwhile: steps that are thrown away, validations
+    logged past the rung. Instead, after the report that reaches a rung, the workers read the
+    rungs' file until the trial is among the kept; a trial paused or stopped is ended by Tune
+    while it waits.
+    """
+
+    state: str
+    """The scheduler's rungs file (local path or URI)."""
+    trial_id: str
+    milestones: list[int]
+    timeout_s: float = 60.0
+    """How long to wait for a verdict before training on (with a warning)."""
+    poll_s: float = 0.2
+
+    def passed(self) -> int:
+        """The rungs the trial has reported at (a restarted trial has passed some)."""
+        saved = self._read()
+        return sum(self.trial_id in scores for scores in saved["scores"]) if saved else 0
+
+    def reaches(self, passed: int, step: int) -> bool:
+        """Whether a report at ``step`` reaches the next rung, as the scheduler counts it."""
+        return passed < len(self.milestones) and step >= self.milestones[passed]
+
+    def wait(self, rung: int) -> bool:
+        """True once the trial is kept at ``rung``; False when no verdict came in time."""
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            saved = self._read()
+            kept = saved["kept"][rung] if saved else None
+            if kept is not None and self.trial_id in kept:
+                return True
+            time.sleep(self.poll_s)
+        return False
+
+    def _read(self) -> dict | None:
+        fs, path = storage_fs(self.state)
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as f:
+            return json.loads(f.read())

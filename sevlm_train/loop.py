@@ -120,8 +120,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trace = _trace_file(rank)
     per_worker = train_cfg.batch_size // world
     shard = ray.train.get_dataset_shard("train")
+    gate = config.get("rung_gate")
+    passed = gate.passed() if gate else 0
 
     def validate() -> None:
+        nonlocal passed
         part = evaluate_shard(
             model, val_shard, example, decoder, device, batch_size=per_worker,
             max_new_tokens=train_cfg.max_new_tokens, autocast=stepper.autocast,
@@ -152,6 +155,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, state.step)
             _say(_line("val", state.step, metrics))
         _report(metrics, model, stepper, state, rank)
+        if gate and not final and gate.reaches(passed, state.step):
+            passed += 1
+            if rank == 0:
+                _say(f"[sevlm] step {state.step} reaches a rung: waiting for the sweep's verdict")
+            kept = gate.wait(passed - 1)
+            if rank == 0:
+                _say(f"[sevlm] kept at step {state.step}: training on" if kept else
+                     f"[sevlm] warning: no verdict at step {state.step} in "
+                     f"{gate.timeout_s:.0f} s; training on")  # fmt: skip
 
     per_pass = config.get("epochs_per_pass", 1)
     since, images_since = time.perf_counter(), 0

@@ -34,7 +34,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
-from sevlm.config import SearchConfig, override_configs
+from sevlm.config import SearchConfig, TrainConfig, override_configs
 from sevlm.examples import ExampleConfig
 from sevlm.text import UtterancePrep
 from sevlm.tracking import client_for
@@ -48,7 +48,7 @@ from sevlm_train.driver import (
     run_training,
 )
 from sevlm_train.halving import STATE_FILE as HALVING_STATE
-from sevlm_train.halving import HalvingLimiter, SuccessiveHalving
+from sevlm_train.halving import HalvingLimiter, RungGate, SuccessiveHalving, rungs
 from sevlm_train.sweep_record import (
     TRIAL_STATE_TAG,
     SweepOutcome,
@@ -132,6 +132,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, data: ArtemisData) -> Non
         data=data,
         callbacks=[TuneReportCallback()],
         feature_cache=feature_cache_root(spec.storage),  # one for every trial and sweep there
+        rung_gate=_rung_gate(spec, trial_id),
         printer=lambda line: print(f"[{trial_id}] {line}", flush=True),
     )
 
@@ -237,7 +238,7 @@ def _scheduler(spec: SweepSpec, search: SearchConfig, searcher, concurrency: int
     Tune's iterations: a trial restarted from a checkpoint (after a pause at a rung, or by
     --resume) counts its iterations from 1 again, but continues its steps."""
     train = spec.configs[1]
-    grace = min(search.grace_period * train.val_every, train.max_steps)
+    grace = _grace_period(search, train)
     if search.scheduler == "asha":
         scheduler = FinishingASHA(
             time_attr="step",
@@ -253,7 +254,25 @@ def _scheduler(spec: SweepSpec, search: SearchConfig, searcher, concurrency: int
         reduction_factor=search.reduction_factor,
         num_samples=search.num_samples,
         max_concurrent=concurrency,
-        # not in Tune's own folder: a resumed Tune copies that folder back over itself
-        state=f"{spec.trials_storage}/{HALVING_STATE}",
+        state=_halving_state(spec),
     )
     return halving, HalvingLimiter(searcher, concurrency, halving)
+
+
+def _grace_period(search: SearchConfig, train: TrainConfig) -> int:
+    return min(search.grace_period * train.val_every, train.max_steps)
+
+
+def _halving_state(spec: SweepSpec) -> str:
+    # not in Tune's own folder: a resumed Tune copies that folder back over itself
+    return f"{spec.trials_storage}/{HALVING_STATE}"
+
+
+def _rung_gate(spec: SweepSpec, trial_id: str) -> RungGate | None:
+    """What holds a trial's workers at each rung of successive halving until it is decided."""
+    search = spec.search_config
+    if search.scheduler != "halving":
+        return None
+    train = spec.configs[1]
+    steps = rungs(_grace_period(search, train), train.max_steps, search.reduction_factor)
+    return RungGate(_halving_state(spec), trial_id, steps)

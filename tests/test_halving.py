@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -13,7 +14,7 @@ from ray.tune.experiment import Trial
 from ray.tune.search import Searcher
 
 from sevlm.config import SearchConfig
-from sevlm_train.halving import HalvingLimiter, SuccessiveHalving
+from sevlm_train.halving import HalvingLimiter, RungGate, SuccessiveHalving
 
 
 @dataclass
@@ -179,6 +180,29 @@ def test_the_rungs_survive_a_restarted_driver(tmp_path):
     assert report(third, controller, trials[0], 80, 0.1) == "STOP"
     with pytest.raises(ValueError, match="written for rungs"):
         report(halving(grace_period=20, state=state), controller, trials[1], 80, 1.0)
+
+
+def test_the_gate_holds_a_trial_at_its_rung_until_it_is_kept(tmp_path):
+    """The workers' side: after the report that reaches a rung they wait for the rung's
+    decision in the scheduler's file, and go on only when kept."""
+    state = str(tmp_path / "halving.json")
+    scheduler = halving(num_samples=2, reduction_factor=2, grace_period=4, max_t=12, state=state)
+    trials = [FakeTrial(t) for t in "ab"]
+    controller = FakeController(trials)
+    gate = {t: RungGate(state, t, [4, 8], timeout_s=0.3, poll_s=0.01) for t in "ab"}
+    assert scheduler.milestones == gate["a"].milestones
+    assert gate["a"].passed() == 0  # no file yet
+    # reports every 3 steps: step 3 reaches no rung, 6 the first (at 4), 9 the second (at 8)
+    assert not gate["a"].reaches(0, 3) and gate["a"].reaches(0, 6) and gate["a"].reaches(1, 9)
+    assert not gate["a"].reaches(1, 6) and not gate["a"].reaches(2, 12)
+
+    assert report(scheduler, controller, trials[0], 6, 2.0) == "PAUSE"
+    started = time.monotonic()
+    assert not gate["a"].wait(0)  # undecided: no verdict within the timeout
+    assert time.monotonic() - started >= 0.3
+    assert report(scheduler, controller, trials[1], 6, 1.0) == "CONTINUE"
+    assert gate["b"].wait(0) and not gate["a"].wait(0)  # a was dropped: it waits to be stopped
+    assert gate["b"].passed() == 1 and gate["a"].passed() == 1
 
 
 class Counting(Searcher):

@@ -370,15 +370,20 @@ def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
     _, children = child_runs(uri, "halves")
     by_trial = {r.info.run_name.removeprefix("halves-"): r for r in children}
     assert set(by_trial) == set(arrived)
+    # Each trial's workers waited at the rung for its verdict, the first run's two until it
+    # was killed: no step past the rung was trained (and logged) before a pause or stop.
+    waiting = "reaches a rung: waiting for the sweep's verdict"
+    assert (tmp_path / "first.log").read_text().count(waiting) == 2
+    assert said.count(waiting) == 1  # the third: the others resumed past the rung
     for trial_id, run in by_trial.items():
-        steps = [m.step for m in client_for(uri).get_metric_history(run.info.run_id, "val/lm_loss")]
+        history = client_for(uri).get_metric_history
+        steps = [m.step for m in history(run.info.run_id, "val/lm_loss")]
+        train_steps = [m.step for m in history(run.info.run_id, "train/grad_norm")]
         if trial_id in kept:
             assert run.info.status == "FINISHED" and steps == [4, 8]
+            assert train_steps == [2, 4, 6, 8]  # log_every 2, each step once
         else:
-            # The worker trains on while the stop travels to it (about 1.3 s: the whole rest
-            # of this tiny trial in one CI run), so a validation after the rung may be logged;
-            # the sweep's own record, checked below, ends at the rung.
-            assert run.info.status == "KILLED" and steps in ([4], [4, 8])
+            assert run.info.status == "KILLED" and steps == [4] and train_steps == [2, 4]
             assert run.data.tags["sevlm.trial_state"] == "pruned at step 4"
     assert re.search(r"^\w{8}\s+pruned\s+4\s", resumed.stdout, re.M), resumed.stdout[-2000:]
 
