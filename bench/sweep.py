@@ -156,7 +156,7 @@ def replaying(search_module, configs: list[dict], concurrency: int) -> Iterator[
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    names = ("PruningOptunaSearch", "_scheduler")
+    names = ("PruningOptunaSearch", "_scheduler", "_rung_gate")
     saved = {name: getattr(search_module, name) for name in names}  # AttributeError: renamed
     search_module.PruningOptunaSearch = lambda **_: BasicVariantGenerator(
         points_to_evaluate=[dict(c) for c in configs], max_concurrent=concurrency
@@ -165,6 +165,7 @@ def replaying(search_module, configs: list[dict], concurrency: int) -> Iterator[
         FIFOScheduler(),
         searcher,
     )
+    search_module._rung_gate = lambda spec: None  # no rungs to wait at
     try:
         yield
     finally:

@@ -147,11 +147,11 @@ class SuccessiveHalving(FIFOScheduler):
         return {t for k, scores in enumerate(self.scores) if self.kept[k] is None for t in scores}
 
     def debug_string(self) -> str:
-        rungs = ", ".join(
+        shown = ", ".join(
             f"step {m}: {len(s)} reported, " + ("waiting" if k is None else f"{len(k)} kept")
             for m, s, k in zip(self.milestones, self.scores, self.kept, strict=True)
         )
-        return f"Successive halving ({rungs or 'no rung below max_t'})"
+        return f"Successive halving ({shown or 'no rung below max_t'})"
 
     # ---- the rungs ----
 
@@ -200,11 +200,9 @@ class SuccessiveHalving(FIFOScheduler):
         if self._loaded or self.state is None:
             return
         self._loaded = True
-        fs, path = storage_fs(self.state)
-        if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        saved = read_state(self.state)
+        if saved is None:
             return
-        with fs.open_input_stream(path) as f:
-            saved = json.loads(f.read())
         if saved["milestones"] != self.milestones:
             raise ValueError(f"{self.state}: written for rungs {saved['milestones']}, "
                              f"not {self.milestones}")  # fmt: skip
@@ -221,6 +219,15 @@ class SuccessiveHalving(FIFOScheduler):
         with fs.open_output_stream(staged) as f:
             f.write(json.dumps(state, indent=1).encode())
         fs.move(staged, path)
+
+
+def read_state(state: str) -> dict | None:
+    """The rungs' file (milestones, scores, kept), or None before the first save."""
+    fs, path = storage_fs(state)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
 
 
 class HalvingLimiter(ConcurrencyLimiter):
@@ -261,34 +268,33 @@ class RungGate:
     state: str
     """The scheduler's rungs file (local path or URI)."""
     trial_id: str
-    milestones: list[int]
+    milestones: tuple[int, ...]
     timeout_s: float = 60.0
     """How long to wait for a verdict before training on (with a warning)."""
     poll_s: float = 0.2
 
     def passed(self) -> int:
-        """The rungs the trial has reported at (a restarted trial has passed some)."""
-        saved = self._read()
+        """The rungs the trial has reported at, as the scheduler counts them (a trial
+        restarted from its checkpoint at a rung has passed that rung)."""
+        saved = read_state(self.state)
         return sum(self.trial_id in scores for scores in saved["scores"]) if saved else 0
 
     def reaches(self, passed: int, step: int) -> bool:
-        """Whether a report at ``step`` reaches the next rung, as the scheduler counts it."""
+        """Whether a report at ``step`` reaches the next rung: the scheduler scores a report
+        at the first rung the trial has not passed, when its step is at least that rung's."""
         return passed < len(self.milestones) and step >= self.milestones[passed]
 
     def wait(self, rung: int) -> bool:
-        """True once the trial is kept at ``rung``; False when no verdict came in time."""
+        """True once the trial is kept at ``rung``; False when no verdict came in time. A
+        failed read (storage busy or briefly stale) counts as no verdict yet."""
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
-            saved = self._read()
+            try:
+                saved = read_state(self.state)
+            except OSError:
+                saved = None
             kept = saved["kept"][rung] if saved else None
             if kept is not None and self.trial_id in kept:
                 return True
             time.sleep(self.poll_s)
         return False
-
-    def _read(self) -> dict | None:
-        fs, path = storage_fs(self.state)
-        if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
-            return None
-        with fs.open_input_stream(path) as f:
-            return json.loads(f.read())

@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -40,6 +40,9 @@ from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import MetricLogger
 from sevlm.training import Stepper, eval_shard, evaluate_shard, reduce_eval, to_device
 from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_weights
+
+if TYPE_CHECKING:  # built by a sweep's driver; ray.tune stays unimported otherwise
+    from sevlm_train.halving import RungGate
 
 FAIL_AT_STEP = "SEVLM_FAIL_AT_STEP"
 """Testing hook: rank 0 raises once when it reaches this step (see :class:`FaultHook`)."""
@@ -156,14 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _say(_line("val", state.step, metrics))
         _report(metrics, model, stepper, state, rank)
         if gate and not final and gate.reaches(passed, state.step):
+            _hold_at_rung(gate, passed, state.step, rank)
             passed += 1
-            if rank == 0:
-                _say(f"[sevlm] step {state.step} reaches a rung: waiting for the sweep's verdict")
-            kept = gate.wait(passed - 1)
-            if rank == 0:
-                _say(f"[sevlm] kept at step {state.step}: training on" if kept else
-                     f"[sevlm] warning: no verdict at step {state.step} in "
-                     f"{gate.timeout_s:.0f} s; training on")  # fmt: skip
 
     per_pass = config.get("epochs_per_pass", 1)
     since, images_since = time.perf_counter(), 0
@@ -250,6 +247,19 @@ def _report(metrics: dict, model, stepper: Stepper, state: TrainState, rank: int
             Path(folder) / "trainer.pt",
         )
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _hold_at_rung(gate: RungGate, rung: int, step: int, rank: int) -> None:
+    """Wait at a rung of successive halving until the sweep keeps this trial: Tune ends the
+    workers meanwhile if it pauses or stops the trial."""
+    trial = gate.trial_id
+    if rank == 0:
+        _say(f"[sevlm] trial {trial} at the step-{step} rung: waiting for the sweep's verdict")
+    kept = gate.wait(rung)
+    if rank == 0:
+        _say(f"[sevlm] trial {trial} kept at step {step}: training on" if kept else
+             f"[sevlm] warning: trial {trial} had no verdict at step {step} in "
+             f"{gate.timeout_s:.0f} s; training on")  # fmt: skip
 
 
 def _get_rng() -> dict[str, Any]:

@@ -19,6 +19,7 @@ finds its Ray Train checkpoints and its MLflow run by that name and continues bo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -112,8 +113,11 @@ def trial_concurrency(
 # ---- one trial ----
 
 
-def run_trial(config: dict[str, Any], spec: SweepSpec, data: ArtemisData) -> None:
-    """A Tune trial: one training run with the sampled hyperparameters."""
+def run_trial(
+    config: dict[str, Any], spec: SweepSpec, data: ArtemisData, gate: RungGate | None
+) -> None:
+    """A Tune trial: one training run with the sampled hyperparameters; ``gate`` (with no
+    trial id yet) holds its workers at each rung of successive halving."""
     trial_id = ray.tune.get_context().get_trial_id()
     model_cfg, train_cfg = override_configs(*spec.configs, config)
     run_training(
@@ -132,7 +136,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, data: ArtemisData) -> Non
         data=data,
         callbacks=[TuneReportCallback()],
         feature_cache=feature_cache_root(spec.storage),  # one for every trial and sweep there
-        rung_gate=_rung_gate(spec, trial_id),
+        rung_gate=dataclasses.replace(gate, trial_id=trial_id) if gate else None,
         printer=lambda line: print(f"[{trial_id}] {line}", flush=True),
     )
 
@@ -162,7 +166,8 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
 
     scaling = Scaling(**spec.scaling)
     trainable = ray.tune.with_resources(
-        ray.tune.with_parameters(run_trial, spec=spec, data=data), {"CPU": TRIAL_CPU}
+        ray.tune.with_parameters(run_trial, spec=spec, data=data, gate=_rung_gate(spec)),
+        {"CPU": TRIAL_CPU},
     )
     path = f"{spec.storage.rstrip('/')}/{spec.name}"
     # Tune saves the sweep's state at most every 10 s by default: a driver killed in that
@@ -264,15 +269,17 @@ def _grace_period(search: SearchConfig, train: TrainConfig) -> int:
 
 
 def _halving_state(spec: SweepSpec) -> str:
-    # not in Tune's own folder: a resumed Tune copies that folder back over itself
+    """The rungs' file: not in Tune's own folder, which a resumed Tune copies back over
+    itself."""
     return f"{spec.trials_storage}/{HALVING_STATE}"
 
 
-def _rung_gate(spec: SweepSpec, trial_id: str) -> RungGate | None:
-    """What holds a trial's workers at each rung of successive halving until it is decided."""
+def _rung_gate(spec: SweepSpec) -> RungGate | None:
+    """The gate of :func:`_scheduler`'s successive halving, for its trials (which fill in
+    their ids): built here in the driver, beside the scheduler it waits on."""
     search = spec.search_config
     if search.scheduler != "halving":
         return None
     train = spec.configs[1]
     steps = rungs(_grace_period(search, train), train.max_steps, search.reduction_factor)
-    return RungGate(_halving_state(spec), trial_id, steps)
+    return RungGate(_halving_state(spec), "", tuple(steps))

@@ -189,8 +189,8 @@ def test_the_gate_holds_a_trial_at_its_rung_until_it_is_kept(tmp_path):
     scheduler = halving(num_samples=2, reduction_factor=2, grace_period=4, max_t=12, state=state)
     trials = [FakeTrial(t) for t in "ab"]
     controller = FakeController(trials)
-    gate = {t: RungGate(state, t, [4, 8], timeout_s=0.3, poll_s=0.01) for t in "ab"}
-    assert scheduler.milestones == gate["a"].milestones
+    gate = {t: RungGate(state, t, (4, 8), timeout_s=0.3, poll_s=0.01) for t in "ab"}
+    assert scheduler.milestones == list(gate["a"].milestones)
     assert gate["a"].passed() == 0  # no file yet
     # reports every 3 steps: step 3 reaches no rung, 6 the first (at 4), 9 the second (at 8)
     assert not gate["a"].reaches(0, 3) and gate["a"].reaches(0, 6) and gate["a"].reaches(1, 9)
@@ -203,6 +203,27 @@ def test_the_gate_holds_a_trial_at_its_rung_until_it_is_kept(tmp_path):
     assert report(scheduler, controller, trials[1], 6, 1.0) == "CONTINUE"
     assert gate["b"].wait(0) and not gate["a"].wait(0)  # a was dropped: it waits to be stopped
     assert gate["b"].passed() == 1 and gate["a"].passed() == 1
+
+
+@pytest.mark.parametrize("val_every", [3, 4])
+def test_the_gate_counts_rungs_as_the_scheduler_does(tmp_path, val_every):
+    """Validations every 3 steps jump past the rungs at 4 and 8 (steps 6 and 9 reach them);
+    every 4 steps land on them. The gate expects a verdict exactly at the reports the
+    scheduler scores at a rung, and a lone trial is kept at once."""
+    state = str(tmp_path / "halving.json")
+    scheduler = halving(num_samples=1, reduction_factor=2, grace_period=4, max_t=12, state=state)
+    trial = FakeTrial("a")
+    gate = RungGate(state, "a", tuple(scheduler.milestones), timeout_s=0.3, poll_s=0.01)
+    passed = 0
+    for step in range(val_every, 12, val_every):
+        before = sum("a" in scores for scores in scheduler.scores)
+        assert report(scheduler, FakeController([trial]), trial, step, 1.0) == "CONTINUE"
+        scored = sum("a" in scores for scores in scheduler.scores) > before
+        assert gate.reaches(passed, step) == scored, step
+        if scored:
+            assert gate.wait(passed)
+            passed += 1
+    assert passed == 2 == gate.passed()
 
 
 class Counting(Searcher):

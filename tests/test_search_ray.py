@@ -325,6 +325,9 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     }
 
 
+WAITING = "rung: waiting for the sweep's verdict"
+
+
 def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
     """Successive halving for real, with the driver killed while two trials wait at the
     step-4 rung: after --resume they wait (they are not run past the rung), the third reports
@@ -345,9 +348,15 @@ def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
         )  # fmt: skip
         try:
 
-            def two_waiting():
+            def two_waiting():  # the second's "waiting" line reached the log, too
                 rungs = json.loads(rungs_file.read_text()) if rungs_file.is_file() else None
-                return rungs and len(rungs["scores"][0]) == 2 and rungs["kept"][0] is None
+                said = (tmp_path / "first.log").read_text().count(WAITING)
+                return (
+                    rungs
+                    and len(rungs["scores"][0]) == 2
+                    and rungs["kept"][0] is None
+                    and said == 2
+                )
 
             wait_for(two_waiting, 400, "two trials waiting at the rung", 0.5)
         finally:
@@ -372,9 +381,7 @@ def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
     assert set(by_trial) == set(arrived)
     # Each trial's workers waited at the rung for its verdict, the first run's two until it
     # was killed: no step past the rung was trained (and logged) before a pause or stop.
-    waiting = "reaches a rung: waiting for the sweep's verdict"
-    assert (tmp_path / "first.log").read_text().count(waiting) == 2
-    assert said.count(waiting) == 1  # the third: the others resumed past the rung
+    assert said.count(WAITING) == 1  # the third: the others resumed past the rung
     for trial_id, run in by_trial.items():
         history = client_for(uri).get_metric_history
         steps = [m.step for m in history(run.info.run_id, "val/lm_loss")]
