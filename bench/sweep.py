@@ -18,9 +18,11 @@ a fresh Ray storage, model folder and MLflow store in a temporary folder:
    its searcher replays exactly the hyperparameters that (1) tried (Tune's
    ``BasicVariantGenerator`` with ``points_to_evaluate``) and its scheduler is FIFO, so no
    trial is stopped early. ``run_search`` takes no searcher or scheduler, so the script swaps
-   the two functions that ``sevlm_train.search`` builds them with for the duration of this run;
-   it then checks that every trial of (2) ran the configs of (1) and reached its last step,
-   so a swap that did not take effect is caught rather than reported.
+   the functions that ``sevlm_train.search`` builds them (and the halving trials' rung gate)
+   with for the duration of this run; it then checks that every trial of (2) ran the configs
+   of (1) and reached its last step, so a swap of the searcher or scheduler that did not take
+   effect is caught rather than reported. (A gate left on would only show in the log: each
+   trial would wait 60 s at each rung and warn that it was not paused or stopped.)
 
 A trial's steps are its last reported ``step`` (a stopped trial's is the validation where
 it was stopped). Wall time is ``run_search``'s own (the data check, Tune, MLflow,

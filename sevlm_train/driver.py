@@ -43,7 +43,7 @@ from sevlm.tracking import (
 from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_pretrained
 from sevlm_train.loop import train_loop_per_worker
 
-if TYPE_CHECKING:  # only a search trial makes one; ray.tune stays unimported otherwise
+if TYPE_CHECKING:  # only a sweep's driver makes one; ray.tune stays unimported otherwise
     from sevlm_train.halving import RungGate
 
 Printer = Callable[[str], None]

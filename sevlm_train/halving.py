@@ -284,17 +284,21 @@ class RungGate:
         at the first rung the trial has not passed, when its step is at least that rung's."""
         return passed < len(self.milestones) and step >= self.milestones[passed]
 
-    def wait(self, rung: int) -> bool:
-        """True once the trial is kept at ``rung``; False when no verdict came in time. A
-        failed read (storage busy or briefly stale) counts as no verdict yet."""
+    def wait(self, rung: int) -> str:
+        """``kept`` once the trial goes on from ``rung``; else, after ``timeout_s``, what the
+        file said last: ``dropped`` (Tune's stop has not come) or ``undecided``. A failed read
+        (storage busy or briefly stale) counts as undecided."""
         deadline = time.monotonic() + self.timeout_s
+        verdict = "undecided"
         while time.monotonic() < deadline:
             try:
                 saved = read_state(self.state)
             except OSError:
                 saved = None
             kept = saved["kept"][rung] if saved else None
-            if kept is not None and self.trial_id in kept:
-                return True
+            if kept is not None:
+                verdict = "kept" if self.trial_id in kept else "dropped"
+                if verdict == "kept":
+                    return verdict
             time.sleep(self.poll_s)
-        return False
+        return verdict

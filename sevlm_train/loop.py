@@ -255,11 +255,12 @@ def _hold_at_rung(gate: RungGate, rung: int, step: int, rank: int) -> None:
     trial = gate.trial_id
     if rank == 0:
         _say(f"[sevlm] trial {trial} at the step-{step} rung: waiting for the sweep's verdict")
-    kept = gate.wait(rung)
-    if rank == 0:
-        _say(f"[sevlm] trial {trial} kept at step {step}: training on" if kept else
-             f"[sevlm] warning: trial {trial} had no verdict at step {step} in "
-             f"{gate.timeout_s:.0f} s; training on")  # fmt: skip
+    verdict = gate.wait(rung)
+    if rank == 0 and verdict == "kept":
+        _say(f"[sevlm] trial {trial} kept at step {step}: training on")
+    elif rank == 0:
+        _say(f"[sevlm] warning: trial {trial} is {verdict} at step {step} but was not paused or "
+             f"stopped in {gate.timeout_s:.0f} s; training on")  # fmt: skip
 
 
 def _get_rng() -> dict[str, Any]:

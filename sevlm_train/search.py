@@ -282,4 +282,4 @@ def _rung_gate(spec: SweepSpec) -> RungGate | None:
         return None
     train = spec.configs[1]
     steps = rungs(_grace_period(search, train), train.max_steps, search.reduction_factor)
-    return RungGate(_halving_state(spec), "", tuple(steps))
+    return RungGate(_halving_state(spec), "", tuple(steps)) if steps else None

@@ -198,10 +198,11 @@ def test_the_gate_holds_a_trial_at_its_rung_until_it_is_kept(tmp_path):
 
     assert report(scheduler, controller, trials[0], 6, 2.0) == "PAUSE"
     started = time.monotonic()
-    assert not gate["a"].wait(0)  # undecided: no verdict within the timeout
+    assert gate["a"].wait(0) == "undecided"  # no verdict within the timeout
     assert time.monotonic() - started >= 0.3
     assert report(scheduler, controller, trials[1], 6, 1.0) == "CONTINUE"
-    assert gate["b"].wait(0) and not gate["a"].wait(0)  # a was dropped: it waits to be stopped
+    assert gate["b"].wait(0) == "kept"
+    assert gate["a"].wait(0) == "dropped"  # it waited the timeout out, to be stopped
     assert gate["b"].passed() == 1 and gate["a"].passed() == 1
 
 
@@ -221,7 +222,7 @@ def test_the_gate_counts_rungs_as_the_scheduler_does(tmp_path, val_every):
         scored = sum("a" in scores for scores in scheduler.scores) > before
         assert gate.reaches(passed, step) == scored, step
         if scored:
-            assert gate.wait(passed)
+            assert gate.wait(passed) == "kept"
             passed += 1
     assert passed == 2 == gate.passed()
 
