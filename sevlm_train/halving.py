@@ -27,6 +27,7 @@ import json
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow.fs
@@ -46,6 +47,13 @@ def rungs(grace_period: int, max_t: int, reduction_factor: float) -> list[int]:
         steps.append(step)
         step = math.ceil(step * reduction_factor)
     return steps
+
+
+def reaches_rung(milestones: Sequence[int], passed: int, step: int) -> bool:
+    """Whether a report at ``step`` reaches the next rung of a trial that has passed
+    ``passed`` rungs: the first rung not passed, when the step is at least that rung's. (The
+    scheduler scores such a report at that rung; :class:`RungGate` waits after it.)"""
+    return passed < len(milestones) and step >= milestones[passed]
 
 
 class SuccessiveHalving(FIFOScheduler):
@@ -114,7 +122,7 @@ class SuccessiveHalving(FIFOScheduler):
             return self.STOP
         rung = self._rung_of(trial_id)
         nxt = 0 if rung is None else rung + 1
-        if nxt >= len(self.milestones) or result.get(self.time_attr, 0) < self.milestones[nxt]:
+        if not reaches_rung(self.milestones, nxt, result.get(self.time_attr, 0)):
             return self.CONTINUE
         score = result.get(self._metric)
         if score is None or score != score:  # missing or NaN: the worst
@@ -280,9 +288,8 @@ class RungGate:
         return sum(self.trial_id in scores for scores in saved["scores"]) if saved else 0
 
     def reaches(self, passed: int, step: int) -> bool:
-        """Whether a report at ``step`` reaches the next rung: the scheduler scores a report
-        at the first rung the trial has not passed, when its step is at least that rung's."""
-        return passed < len(self.milestones) and step >= self.milestones[passed]
+        """Whether a report at ``step`` reaches the next rung, as the scheduler counts it."""
+        return reaches_rung(self.milestones, passed, step)
 
     def wait(self, rung: int) -> str:
         """``kept`` once the trial goes on from ``rung``; else, after ``timeout_s``, what the
@@ -296,9 +303,9 @@ class RungGate:
             except OSError:
                 saved = None
             kept = saved["kept"][rung] if saved else None
+            if kept is not None and self.trial_id in kept:
+                return "kept"
             if kept is not None:
-                verdict = "kept" if self.trial_id in kept else "dropped"
-                if verdict == "kept":
-                    return verdict
+                verdict = "dropped"
             time.sleep(self.poll_s)
         return verdict

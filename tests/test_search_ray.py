@@ -382,8 +382,8 @@ def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
     # Each trial's workers waited at the rung for its verdict, the first run's two until it
     # was killed: no step past the rung was trained (and logged) before a pause or stop.
     assert said.count(WAITING) == 1  # the third: the others resumed past the rung
+    history = client_for(uri).get_metric_history
     for trial_id, run in by_trial.items():
-        history = client_for(uri).get_metric_history
         steps = [m.step for m in history(run.info.run_id, "val/lm_loss")]
         train_steps = [m.step for m in history(run.info.run_id, "train/grad_norm")]
         if trial_id in kept:
