@@ -38,7 +38,10 @@ side's processes ended has no CPU figure, and neither has the side's row: the en
 time may be lost.) CPU seconds per epoch show how much work each side does per image, and CPU
 seconds over wall seconds how many CPUs it kept busy: figures that mean something on a machine
 that other jobs share, where images/s alone do not (the script prints the load average before
-and after, and warns when other jobs loaded the machine before it started). "First batch" is
+and after, and warns when other jobs loaded the machine before it started). After the table,
+each side's CPU seconds per epoch are split between this process (the consumer; for Ray Data
+also the streaming executor, which runs in the process that iterates) and the side's other
+processes. "First batch" is
 the time from asking for a pass to its first batch: Ray Data plans and launches the pipeline
 anew for every read (about a second on this kind of machine), which is why the trainer reads
 several short epochs at once. After the table, the script says how many tasks Ray ran the
@@ -142,12 +145,18 @@ class CpuReading:
 
     seconds: float
     pids: frozenset[int]
+    own: float
+    """This process's share of ``seconds``: the consumer, and for Ray Data also the
+    streaming executor's scheduling loop, which runs in the process that iterates."""
 
-    def since(self, before: CpuReading) -> float | None:
-        """CPU seconds from ``before`` to this reading; None when a process of ``before``
-        ended in between: its time may have gone with it (Ray ends idle workers, and their
-        parent need not be one of the side's processes), so the difference could be short."""
-        return self.seconds - before.seconds if before.pids <= self.pids else None
+    def since(self, before: CpuReading) -> tuple[float, float] | None:
+        """CPU seconds from ``before`` to this reading, in all and in this process; None when
+        a process of ``before`` ended in between: its time may have gone with it (Ray ends
+        idle workers, and their parent need not be one of the side's processes), so the
+        difference could be short."""
+        if not before.pids <= self.pids:
+            return None
+        return self.seconds - before.seconds, self.own - before.own
 
 
 @dataclass
@@ -177,7 +186,7 @@ class CpuMeter:
         else:
             pids = set()
         own = sum(os.times()[:2])  # this process, all threads; not its children
-        return CpuReading(own + sum(table[pid][1] for pid in pids), frozenset(pids))
+        return CpuReading(own + sum(table[pid][1] for pid in pids), frozenset(pids), own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,6 +198,8 @@ class Pass:
     seconds: float
     first_batch: float
     cpu_seconds: float | None
+    own_cpu_seconds: float | None
+    """This process's share of ``cpu_seconds``."""
     keys: list[str]
     sums: dict[str, float]
 
@@ -221,7 +232,8 @@ def consume(
     seconds = time.perf_counter() - started
     cpu_after = cpu()
     used = None if cpu_before is None or cpu_after is None else cpu_after.since(cpu_before)
-    return Pass(seconds, first_batch or seconds, used, keys, sums)
+    total, own = used or (None, None)
+    return Pass(seconds, first_batch or seconds, total, own, keys, sums)
 
 
 def check_pass(side: str, keys: list[str], expected: set[str], epochs: int) -> None:
@@ -245,6 +257,15 @@ def ray_workers(logs: Path) -> int:
 def median_or_none(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.median(known) if len(known) == len(values) and known else None
+
+
+def cpu_split(runs: list[Pass], per_pass: int) -> str:
+    """Median CPU seconds per epoch in this process and in the side's others."""
+    own = median_or_none([r.own_cpu_seconds for r in runs])
+    total = median_or_none([r.cpu_seconds for r in runs])
+    if own is None or total is None:
+        return "n/a"
+    return f"{own / per_pass:.2f} here, {(total - own) / per_pass:.2f} elsewhere"
 
 
 def print_table(
@@ -456,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = (
                     ", CPU s n/a (a process ended in the pass)"
                     if one.cpu_seconds is None
-                    else f", {one.cpu_seconds:6.2f} CPU s"
+                    else f", {one.cpu_seconds:6.2f} CPU s ({one.own_cpu_seconds:5.2f} here)"
                 )
                 print(
                     f"pass {repeat + 1}: {side:11s} {one.seconds:6.2f} s{cpu}, "
@@ -502,6 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nRay Data: decode ran as {tasks.group(1) if tasks else 'n/a'} task(s) in the last "
         f"pass; {new_workers:.1f} new Ray worker processes per timed pass"
+    )
+    print(
+        "CPU s per epoch in this process (the consumer; for Ray Data also the streaming "
+        "executor) and in the side's other processes: "
+        + "; ".join(f"{side} {cpu_split(runs, per_pass)}" for side, runs in passes.items())
     )
     print(f"load average at the end: {end_load} (1, 5, 15 min)")
     rate = {side: 1 / statistics.median(e.seconds for e in runs) for side, runs in passes.items()}
