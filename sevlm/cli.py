@@ -11,8 +11,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sevlm.artemis import DataError, DataSource, load_artemis
-from sevlm.lexicon import LexiconError, read_lexicon
+from sevlm.artemis import DataSource, load_artemis
+from sevlm.lexicon import read_lexicon
 from sevlm.text import UtterancePrep
 
 
@@ -63,6 +63,16 @@ def source_from_args(args: argparse.Namespace, sample_default: bool = False) -> 
         contrastive=args.contrastive,
         variant=args.variant,
     )
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input or an unusable setup: printed as ``error: ...`` (exit 2),
+    never as a traceback. (Imported here: the weights module imports torch.)"""
+    from sevlm.tokenizer import TokenizerError
+    from sevlm.tracking import TrackingError
+    from sevlm.weights import WeightsError
+
+    return (ValueError, TrackingError, WeightsError, TokenizerError)
 
 
 def _progress(message: str) -> None:
@@ -178,14 +188,11 @@ def _load_model(ref: str, tracking_uri: str | None):
     import torch
 
     from sevlm.model_source import resolve_model
-    from sevlm.weights import WeightsError, load_pretrained
+    from sevlm.weights import load_pretrained
 
     found = resolve_model(ref, tracking_uri)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return found, load_pretrained(found.path, device=device)
-    except WeightsError as e:  # a damaged model directory: a clear error, like bad data
-        raise ValueError(str(e)) from e
+    return found, load_pretrained(found.path, device=device)
 
 
 def _check_decoding(args: argparse.Namespace) -> None:
@@ -463,7 +470,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (DataError, LexiconError, ValueError) as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

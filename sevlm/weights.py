@@ -51,6 +51,21 @@ def build_model(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> SEVL
     return model
 
 
+def check_pretrained(config: ModelConfig) -> None:
+    """Fail before hours of data checking when the pretrained weights ``config`` names cannot
+    be had: each source's ``config.json`` is found (a local folder, the hub cache, or the hub;
+    a few KB) without loading the weights."""
+    for field in ("decoder_weights", "vision_weights"):
+        if getattr(config, field):
+            _fetch(config, field, _config_file)
+
+
+def _config_file(ref: str) -> str:
+    from transformers.utils import cached_file
+
+    return cached_file(ref, "config.json")
+
+
 def _gpt2_state(ref: str) -> tuple[dict[str, torch.Tensor], int]:
     from transformers import GPT2LMHeadModel
 

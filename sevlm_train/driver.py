@@ -40,7 +40,13 @@ from sevlm.tracking import (
     log_model,
     resolve_tracking_uri,
 )
-from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_pretrained
+from sevlm.weights import (
+    WEIGHTS_FILE,
+    build_model,
+    check_pretrained,
+    load_weights,
+    save_pretrained,
+)
 from sevlm_train.loop import train_loop_per_worker
 
 if TYPE_CHECKING:  # only a sweep's driver makes one; ray.tune stays unimported otherwise
@@ -69,6 +75,12 @@ class Scaling:
     """Worker-group restarts before the run fails."""
     concurrent_runs: int = 1
     """Runs sharing the cluster at once (search trials): each sizes itself to its share."""
+
+    def __post_init__(self) -> None:
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.max_failures < 0:
+            raise ValueError(f"--max-failures must be >= 0, got {self.max_failures}")
 
 
 @dataclass
@@ -163,6 +175,7 @@ def run_training(
     prep = prep or UtterancePrep()
     uri = resolve_tracking_uri(tracking_uri)
     check_reachable(uri)
+    check_pretrained(model_cfg)
     if data is None:
         printer("checking the data (every image is decoded once)...")
         data = load_artemis(source, seed=data_seed, decode_images=True, prep=prep, progress=printer)

@@ -94,3 +94,22 @@ def test_train_rejects_bad_settings_before_starting(sample, capsys) -> None:
     assert "max_steps must be >= 1" in capsys.readouterr().err
     assert main([*data, "model.vision.hidden_size=64"]) == 2
     assert "nested fields" in capsys.readouterr().err
+    assert main([*data, "--num-workers", "0"]) == 2
+    assert "--num-workers must be >= 1" in capsys.readouterr().err
+
+
+def test_train_stops_before_the_data_check_when_it_cannot_track_or_load_weights(
+    sample, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Errors, not tracebacks, and before every image is decoded (hours on ArtEmis)."""
+    data = ["train", "--data", str(sample.out), "--output", str(tmp_path / "out")]
+    assert main([*data, "--tracking-uri", "http://127.0.0.1:9"]) == 2  # nothing listens
+    err = capsys.readouterr().err
+    assert "error: cannot reach the MLflow tracking store" in err
+    assert "checking the data" not in err
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # as with no hub
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main([*data, "--preset", "paper", "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "error: preset 'paper': cannot load decoder weights 'distilgpt2'" in err
+    assert "decoder_weights=/models/distilgpt2" in err and "checking the data" not in err

@@ -272,6 +272,27 @@ def test_search_cli_refuses_to_reuse_a_sweep_name_without_resume(tmp_path, sampl
         assert message in capsys.readouterr().err
 
 
+def test_search_cli_takes_the_sample_only_when_no_data_is_named(
+    tmp_path, sample, capsys, monkeypatch
+):
+    """Contrastive rows and images with no CSV are data: not the sample (nor its lexicon)."""
+    spec = spec_for(Path(sample.out), name="taken")
+    spec.storage = str(tmp_path / "storage")
+    save_spec(spec)
+    argv = ["--storage", spec.storage, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    contrastive = ["--variant", "contrastive", "--contrastive", str(tmp_path / "Contrastive.csv"),
+                   "--images", str(sample.images)]  # fmt: skip
+    assert search_cli().main([*argv, *contrastive, "--name", "taken"]) == 2
+    assert "embedded sample" not in capsys.readouterr().err
+    assert search_cli().main([*argv, "--name", "taken"]) == 2
+    assert "no data given: the embedded sample" in capsys.readouterr().err
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # as with no hub
+    assert search_cli().main([*argv, "--preset", "paper", "--name", "fresh"]) == 2
+    err = capsys.readouterr().err
+    assert "error: preset 'paper': cannot load decoder weights" in err  # before Ray starts
+    assert "Ray" not in err
+
+
 def test_search_cli_resume_without_a_sweep_is_a_clear_error(tmp_path, capsys):
     assert search_cli().main(["--resume", "--storage", str(tmp_path / "none")]) == 2
     assert "no sweep to resume" in capsys.readouterr().err

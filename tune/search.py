@@ -22,19 +22,17 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sevlm.artemis import DataError, DataSource
-from sevlm.cli import add_data_args, source_from_args
+from sevlm.artemis import DataSource
+from sevlm.cli import add_data_args, source_from_args, user_errors
 from sevlm.config import load_configs, load_search_config
-from sevlm.lexicon import LexiconError
-from sevlm.sample import cached_sample
 from sevlm.text import UtterancePrep
 from sevlm.tracking import (
     DEFAULT_EXPERIMENT,
-    TrackingError,
     check_reachable,
     find_run,
     resolve_tracking_uri,
 )
+from sevlm.weights import check_pretrained
 from sevlm_train.driver import Scaling, ensure_ray
 from sevlm_train.search import run_search, trial_concurrency
 from sevlm_train.sweep_record import format_summary
@@ -88,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_spec(storage, args.name) if args.resume else new_spec(args, storage, say)
         check_reachable(spec.tracking_uri)
         outcome = run_search(spec, resume=args.resume, printer=say)
-    except (DataError, LexiconError, TrackingError, ValueError) as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_summary(outcome, spec))
@@ -114,9 +114,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def new_spec(args: argparse.Namespace, storage: str, say):
     """A new sweep from the command line; the data default is the embedded sample."""
-    if not (args.data or args.csv):
-        args.data = str(cached_sample())
-        say(f"no data given: the embedded sample ({args.data})")
+    source: DataSource = source_from_args(args, sample_default=True)
     name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     check_reachable(tracking_uri)
@@ -124,6 +122,7 @@ def new_spec(args: argparse.Namespace, storage: str, say):
         raise ValueError(f"a sweep named {name!r} is in {storage} or in MLflow: add --resume "
                          "to continue it, or choose another --name")  # fmt: skip
     model, train = load_configs(args.preset, args.config, {})
+    check_pretrained(model)  # before Ray and the data check, not in every trial
     search = load_search_config(args.preset, args.config)
     overrides = {"num_samples": args.num_samples, "metric": args.metric, "mode": args.mode}
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -139,7 +138,6 @@ def new_spec(args: argparse.Namespace, storage: str, say):
     scaling.concurrent_runs = trial_concurrency(
         ray.cluster_resources(), scaling, args.max_concurrent or search.max_concurrent, say
     )
-    source: DataSource = source_from_args(args)
     return make_spec(
         name,
         source,
