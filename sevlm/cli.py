@@ -95,6 +95,8 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     source = source_from_args(args)
+    if args.report is not None:
+        _check_writable(args.report, "--report")
     lexicon = read_lexicon(source.lexicon) if source.lexicon is not None else None
     started = time.perf_counter()
     data = load_artemis(
@@ -111,8 +113,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"checked in {time.perf_counter() - started:.1f} s")
     if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        try:
+            args.report.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        except OSError as e:
+            raise ValueError(f"--report {args.report}: {e}") from e
         print(f"report: {args.report}")
     if report.rows_kept == 0:
         print("error: no usable rows", file=sys.stderr)
@@ -207,14 +211,19 @@ def _check_out(out: Path) -> None:
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the report is a .json file (the summary and plots "
                          "are written beside it)")  # fmt: skip
-    if out.is_dir():
-        raise ValueError(f"--out {out}: is a folder")
+    _check_writable(out, "--out")
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """A file the long work will write at its end: fail now if it cannot be."""
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a folder")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot create its folder ({e})") from e
-    if not os.access(out.parent, os.W_OK):
-        raise ValueError(f"--out {out}: its folder is not writable")
+        raise ValueError(f"{flag} {path}: cannot create its folder ({e})") from e
+    if not os.access(path.parent, os.W_OK):
+        raise ValueError(f"{flag} {path}: its folder is not writable")
 
 
 def cmd_train_text_classifier(args: argparse.Namespace) -> int:

@@ -59,6 +59,12 @@ def test_malformed_csv_exits_with_clear_error(tmp_path: Path, sample, capsys) ->
     assert str(bad) in err and "missing required column(s) art_style, utterance" in err
 
 
+def test_an_unwritable_report_is_refused_before_the_check(tmp_path: Path, sample, capsys) -> None:
+    assert main(["data", "check", "--data", str(sample.out), "--report", str(tmp_path)]) == 2
+    out = capsys.readouterr()
+    assert f"error: --report {tmp_path}: is a folder" in out.err and "checked in" not in out.out
+
+
 def test_no_usable_rows_fails(tmp_path: Path, sample) -> None:
     csv_file = write_csv(tmp_path / "rows.csv", [("Baroque", "nope", "awe", "x y z", 1)])
     assert main(["data", "check", "--csv", str(csv_file), "--images", str(sample.images)]) == 1
