@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -260,10 +261,7 @@ class SearchConfig:
 def _check_dimension(key: str, spec: Any) -> dict[str, list]:
     """``{"loguniform": [0.01, 1]}``, checked, with numeric bounds as numbers."""
     where = f"search space {key!r}"
-    if key.rpartition(".")[0] not in ("", "model", "train"):
-        raise ValueError(f"{where}: name a model or train field (like train.lr)")
-    if key.rpartition(".")[0] == "":
-        _section_of(key)
+    field_of(key, where)
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ValueError(f"{where}: write one distribution, like {{loguniform: [0.01, 1.0]}}")
     ((kind, args),) = spec.items()
@@ -293,6 +291,8 @@ def _from_dict(cls, values: dict[str, Any]):
 
 
 SECTIONS = ("model", "train", "search")
+SECTION_CLASSES = {"model": ModelConfig, "train": TrainConfig}
+"""The sections whose fields overrides and search spaces name."""
 
 
 def preset_values(name: str) -> dict[str, dict[str, Any]]:
@@ -333,8 +333,8 @@ def _build(
         if key.count(".") > 1:
             raise ValueError(f"override {key!r}: nested fields (like model.vision) are set in "
                              "--config, as a whole mapping")  # fmt: skip
-        section, _, field_name = key.rpartition(".")
-        values[section or _section_of(field_name)][field_name] = value
+        section, field_name = field_of(key, f"override {key!r}")
+        values[section][field_name] = value
     return _from_dict(ModelConfig, values["model"]), _from_dict(TrainConfig, values["train"])
 
 
@@ -360,14 +360,24 @@ def _merged_sections(preset: str | None, config_file: Path | str | None) -> dict
     return values
 
 
-def _section_of(name: str) -> str:
-    sections = [s for s, cls in (("model", ModelConfig), ("train", TrainConfig))
-                if name in {f.name for f in dataclasses.fields(cls)}]  # fmt: skip
-    if len(sections) != 1:
-        where = "both model and train" if sections else "neither model nor train"
-        raise ValueError(f"override {name!r} names a field of {where}: write model.{name} "
+def field_of(key: str, where: str) -> tuple[str, str]:
+    """``(section, field)`` that ``key`` names: ``model.FIELD``, ``train.FIELD``, or a bare
+    ``FIELD`` of one of the two. ``where`` starts the error message."""
+    fields = {s: {f.name for f in dataclasses.fields(c)} for s, c in SECTION_CLASSES.items()}
+    section, _, name = key.rpartition(".")
+    if section and section not in fields:
+        raise ValueError(f"{where}: name a model or train field (like train.lr)")
+    owners = [section] if section else [s for s, names in fields.items() if name in names]
+    if len(owners) > 1:
+        raise ValueError(f"{where} names a field of both model and train: write model.{name} "
                          f"or train.{name}")  # fmt: skip
-    return sections[0]
+    if not owners or name not in fields[owners[0]]:
+        scope = [section] if section else list(fields)
+        known = sorted(set().union(*(fields[s] for s in scope)))
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"one of {', '.join(known)}"
+        raise ValueError(f"{where}: no such field of {' or '.join(scope)}; {hint}")
+    return owners[0], name
 
 
 def preset_names() -> list[str]:

@@ -283,8 +283,12 @@ def test_load_configs_layers_preset_file_and_overrides(tmp_path) -> None:
     model, train = load_configs("paper", path, {"train.max_steps": 9, "temperature": 0.5})
     assert model.name == "tiny" and model.w_cl == 0.25 and model.temperature == 0.5
     assert train.lr == 0.01 and train.max_steps == 9 and train.batch_size == 16
-    with pytest.raises(ValueError, match="neither model nor train"):
+    with pytest.raises(ValueError, match="override 'nope': no such field of model or train"):
         load_configs("tiny", None, {"nope": 1})
+    with pytest.raises(ValueError, match=r"'lr_decoder': no such field of model or train; one of"):
+        load_configs("tiny", None, {"lr_decoder": 1})
+    with pytest.raises(ValueError, match=r"'modle\.w_cl': name a model or train field"):
+        load_configs("tiny", None, {"modle.w_cl": 1})
     path.write_text("modle:\n  w_cl: 1\n")
     with pytest.raises(ValueError, match="unknown sections modle"):
         load_configs("tiny", path)
