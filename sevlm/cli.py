@@ -15,8 +15,10 @@ from sevlm.artemis import DataSource, load_artemis
 from sevlm.lexicon import read_lexicon
 from sevlm.text import UtterancePrep
 
+SEED_HELP = "seed of the split, sampling and training (default 0; train: the config's)"
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+
+def add_data_args(parser: argparse.ArgumentParser, seed_help: str = SEED_HELP) -> None:
     """The data options every data-taking command accepts."""
     g = parser.add_argument_group("data")
     g.add_argument(
@@ -36,11 +38,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         default="v1",
         help="v1.0 rows, v2.0 contrastive rows, or combined: v2.0 + an equal seeded v1.0 sample",
     )
-    g.add_argument(
-        "--seed",
-        type=int,
-        help="seed of the split, sampling and training (default 0; train: the config's)",
-    )
+    g.add_argument("--seed", type=int, help=seed_help)
     g.add_argument(
         "--no-text-prep",
         action="store_true",
@@ -136,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train.seed"] = args.seed
     model_cfg, train_cfg = load_configs(args.preset, args.config, overrides)
     outcome = run_training(
-        source_from_args(args),
+        source_from_args(args, sample_default=True),
         model_cfg,
         train_cfg,
         output=args.output,
@@ -340,7 +338,9 @@ def _reason(error: Exception) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sevlm", description="Train, search and evaluate a small emotional VLM on ArtEmis."
+        prog="sevlm",
+        description="Train, evaluate and explain with a small emotional VLM on ArtEmis (the "
+        "hyperparameter search is `python tune/search.py`).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -366,8 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train one model with Ray Train, tracked in MLflow",
-        description="Train one model. Settings come from --preset, then --config, then "
-        "KEY=VALUE overrides (model.FIELD, train.FIELD or a bare field name).",
+        description="Train one model (without data options: on the embedded sample). Settings "
+        "come from --preset, then --config, then KEY=VALUE overrides (model.FIELD, train.FIELD "
+        "or a bare field name).",
     )
     add_data_args(train)
     train.add_argument("--preset", default="tiny", help="model and training preset (default tiny)")

@@ -100,8 +100,9 @@ def test_train_rejects_bad_settings_before_starting(sample, capsys) -> None:
     assert "max_steps must be >= 1" in capsys.readouterr().err
     assert main([*data, "model.vision.hidden_size=64"]) == 2
     assert "nested fields" in capsys.readouterr().err
-    assert main([*data, "--num-workers", "0"]) == 2
-    assert "--num-workers must be >= 1" in capsys.readouterr().err
+    assert main(["train", "--num-workers", "0"]) == 2  # no data options: the sample
+    err = capsys.readouterr().err
+    assert "no data given: the embedded sample" in err and "--num-workers must be >= 1" in err
 
 
 def test_train_stops_before_the_data_check_when_it_cannot_track_or_load_weights(

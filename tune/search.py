@@ -2,10 +2,11 @@
 every trial in MLflow.
 
 With no arguments: the embedded sample (written on first use into a cache folder), the tiny
-preset and a sweep sized to finish in 10 to 19 minutes on two CPU cores. On a cluster:
+preset and a sweep sized to finish in 10 to 21 minutes on two CPU cores. On a cluster:
 
     ray job submit --working-dir . -- python tune/search.py --data /shared/artemis \\
-        --preset paper --storage /shared/ray --tracking-uri http://HEAD:5000
+        --preset paper --storage /shared/ray --output /shared/runs \\
+        --tracking-uri http://HEAD:5000
 
 See the README ("The search") for every option.
 """
@@ -49,15 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
         "the best model is registered with the alias champion. Without data options: the "
         "embedded sample.",
     )
-    add_data_args(parser)
+    add_data_args(parser, seed_help="seed of the data split and of Optuna's sampler (default 0)")
     parser.add_argument("--preset", default="tiny", help="model/train/search preset (tiny)")
     parser.add_argument("--config", type=Path, help="YAML with model:, train:, search: sections")
     g = parser.add_argument_group("search")
     g.add_argument("--num-samples", type=int, help="trials (default: the preset's search)")
-    g.add_argument("--metric", help="metric to optimise (default: train.select_metric)")
-    g.add_argument("--mode", choices=("max", "min"), help="max or min (default: select_mode)")
+    g.add_argument(
+        "--metric",
+        help="metric to optimise (default: the search section's, else train.select_metric)",
+    )
+    g.add_argument(
+        "--mode", choices=("max", "min"), help="max or min (default: as for --metric, select_mode)"
+    )
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
-    g.add_argument("--name", help="sweep name (default sweep-DATE-TIME; --resume: the newest)")
+    g.add_argument("--name", help="sweep name (default sweep-DATE-TIME-XXXX; --resume: the newest)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
     g = parser.add_argument_group("resources")
     g.add_argument(
