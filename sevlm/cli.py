@@ -168,9 +168,9 @@ def _data_of_model(args: argparse.Namespace, trained_on: dict) -> UtterancePrep 
     if args.seed is None and "seed" in trained_on:
         args.seed = trained_on["seed"]
     named = any((args.data, args.csv, args.images, args.contrastive))
-    paths = [trained_on.get(k) for k in ("csv", "images", "hf")]
-    if not named and trained_on.get("images") and all(not p or Path(p).exists() for p in paths):
-        args.csv, args.images = _path_or_none(trained_on["csv"]), Path(trained_on["images"])
+    if not named and _still_there(trained_on):
+        args.csv = _path_or_none(trained_on.get("csv"))
+        args.images = _path_or_none(trained_on.get("images"))
         args.lexicon = args.lexicon or _path_or_none(trained_on.get("lexicon"))
         args.contrastive = _path_or_none(trained_on.get("contrastive"))
         args.variant = trained_on.get("variant", "v1")
@@ -180,6 +180,18 @@ def _data_of_model(args: argparse.Namespace, trained_on: dict) -> UtterancePrep 
     if args.no_text_prep or "text_prep" not in trained_on:
         return None
     return UtterancePrep(**trained_on["text_prep"])
+
+
+def _still_there(trained_on: dict) -> bool:
+    """Whether the data a model's config.json names can still be read: its local files exist
+    (a dataset on the hub counts as there; loading it says if it is not)."""
+    hf = trained_on.get("hf")
+    if not (hf or trained_on.get("images")):
+        return False
+    local = [trained_on.get(k) for k in ("csv", "images")]
+    if hf and Path(hf).is_absolute():  # a dataset saved to disk
+        local.append(hf)
+    return all(not p or Path(p).exists() for p in local)
 
 
 def _path_or_none(value: str | None) -> Path | None:

@@ -120,3 +120,20 @@ def test_train_stops_before_the_data_check_when_it_cannot_track_or_load_weights(
     err = capsys.readouterr().err
     assert "error: preset 'paper': cannot load decoder weights 'distilgpt2'" in err
     assert "decoder_weights=/models/distilgpt2" in err and "checking the data" not in err
+
+
+def test_evaluate_defaults_to_the_models_data_where_it_still_is(tmp_path: Path, sample) -> None:
+    from sevlm.cli import _data_of_model, build_parser
+
+    def defaulted(trained_on: dict) -> str | None:
+        args = build_parser().parse_args(["evaluate", "--model", "m"])
+        _data_of_model(args, trained_on)
+        return args.data or (args.csv and str(args.csv))
+
+    csv = str(sample.out / "artemis_dataset_release_v0.csv")
+    assert defaulted({"csv": csv, "images": str(sample.images)}) == csv
+    assert defaulted({"csv": str(tmp_path / "gone.csv"), "images": str(sample.images)}) is None
+    hub = {"hf": "some-org/artemis", "csv": None, "images": None}
+    assert defaulted(hub) == "hf:some-org/artemis"
+    assert defaulted({"hf": str(tmp_path / "gone"), "csv": None, "images": None}) is None
+    assert defaulted({}) is None
