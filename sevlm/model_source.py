@@ -93,11 +93,23 @@ def _download(ref: str, tracking_uri: str | None) -> Path:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     target = tempfile.mkdtemp(prefix="sevlm-model-")
     atexit.register(shutil.rmtree, target, ignore_errors=True)
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    _check_store(uri, ref)
+    mlflow.set_tracking_uri(uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=target))
     except Exception as e:  # MlflowException, OSError: either way, no model to be had
         raise ModelNotFound(f"{ref}: cannot download the model: {str(e)[:300]}") from e
+
+
+def _check_store(uri: str, ref: str) -> None:
+    """A local store that is not there: looking a model up in it would create an empty one."""
+    path = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not path.is_file():
+        raise ModelNotFound(
+            f"--model {ref}: not a folder, and there is no MLflow store at {path} to look it up "
+            "in (--tracking-uri or MLFLOW_TRACKING_URI names the store)"
+        )
 
 
 def _registered(name: str, tracking_uri: str | None) -> str:
@@ -107,6 +119,7 @@ def _registered(name: str, tracking_uri: str | None) -> str:
     if "'" in name:
         raise ModelNotFound(f"--model {name!r}: not a folder, nor a registered model name")
     uri = resolve_tracking_uri(tracking_uri)
+    _check_store(uri, name)
     client = client_for(uri)
     try:
         client.get_model_version_by_alias(name, CHAMPION_ALIAS)

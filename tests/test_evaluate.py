@@ -193,6 +193,10 @@ def test_explain_and_evaluate_the_registered_champion(
 def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["explain", "--model", "nobody", "--tracking-uri", uri, "x.jpg"]) == 2
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # a typo does not leave an empty store
+    client_for(uri).search_experiments()  # now the store exists, without the model
+    assert main(["explain", "--model", "nobody", "--tracking-uri", uri, "x.jpg"]) == 2
     assert "no registered model" in capsys.readouterr().err
     assert main(["explain", "--model", str(tmp_path), "x.jpg"]) == 2
     assert "neither a sevlm model directory" in capsys.readouterr().err
