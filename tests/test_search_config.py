@@ -297,4 +297,9 @@ def test_search_cli_takes_the_sample_only_when_no_data_is_named(
 
 def test_search_cli_resume_without_a_sweep_is_a_clear_error(tmp_path, capsys):
     assert search_cli().main(["--resume", "--storage", str(tmp_path / "none")]) == 2
-    assert "no sweep to resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no sweep to resume" in err and "ignoring" not in err
+    none = str(tmp_path / "none")
+    argv = ["--resume", "--storage", none, "--num-samples", "9", "--preset", "paper"]
+    assert search_cli().main(argv) == 2
+    assert "with its saved settings: ignoring --preset, --num-samples" in capsys.readouterr().err

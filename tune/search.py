@@ -81,8 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.resume and (ignored := ignored_on_resume(parser, args)):
+        say(f"warning: --resume continues the sweep with its saved settings: ignoring "
+            f"{', '.join(ignored)}")  # fmt: skip
     # `ray job stop` and schedulers send SIGTERM: let Tune stop as on Ctrl-C, saving its state
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
@@ -101,6 +105,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not outcome.complete:
         return 130
     return 0 if outcome.champion is not None else 1
+
+
+RESUME_USES = {"help", "resume", "name", "storage", "output"}
+"""What --resume reads from the command line: which sweep, and where it is stored."""
+
+
+def ignored_on_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The options given that a resumed sweep does not use (it has its saved settings)."""
+    return [
+        action.option_strings[0]
+        for action in parser._actions
+        if action.option_strings
+        and action.dest not in RESUME_USES
+        and getattr(args, action.dest) != action.default
+    ]
 
 
 def check_args(args: argparse.Namespace) -> None:
