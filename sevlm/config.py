@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -287,7 +289,49 @@ def _from_dict(cls, values: dict[str, Any]):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-    return cls(**values)
+    hints = typing.get_type_hints(cls)
+    section = cls.__name__.removesuffix("Config").lower()
+    return cls(**{k: _typed(f"{section}.{k}", hints[k], v) for k, v in values.items()})
+
+
+def _typed(where: str, hint: Any, value: Any) -> Any:
+    """``value`` as a field of type ``hint`` takes it, or a clear error: YAML and overrides
+    give words where numbers go, and YAML 1.1 reads ``1e-5`` as text (taken as a number)."""
+    if isinstance(hint, types.UnionType):  # X | None
+        if value is None and type(None) in hint.__args__:
+            return None
+        arms = [arm for arm in hint.__args__ if arm is not type(None)]
+        if len(arms) != 1:
+            return value
+        hint = arms[0]
+    origin = typing.get_origin(hint) or hint
+    ok = {
+        float: lambda v: _number(v) is not None,
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        bool: lambda v: isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        tuple: lambda v: isinstance(v, list | tuple) and all(_number(x) is not None for x in v),
+        dict: lambda v: isinstance(v, dict),
+    }.get(origin, lambda v: True)
+    if not ok(value):
+        expected = getattr(hint, "__name__", str(hint))
+        raise ValueError(f"{where}: {value!r} is not {'an' if expected == 'int' else 'a'} "
+                         f"{expected if origin is not tuple else 'list of numbers'}")  # fmt: skip
+    if origin is float:
+        return _number(value)
+    if origin is tuple:
+        return tuple(_number(x) for x in value)
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a number or a number's text (not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 SECTIONS = ("model", "train", "search")
@@ -348,7 +392,7 @@ def load_search_config(
 
 def _merged_sections(preset: str | None, config_file: Path | str | None) -> dict[str, dict]:
     values: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    file_values = yaml.safe_load(Path(config_file).read_text()) or {} if config_file else {}
+    file_values = _read_yaml(config_file) if config_file else {}
     unknown_sections = sorted(set(file_values) - {"preset", *SECTIONS})
     if unknown_sections:
         raise ValueError(f"{config_file}: unknown sections {', '.join(unknown_sections)}")
@@ -357,6 +401,22 @@ def _merged_sections(preset: str | None, config_file: Path | str | None) -> dict
         values = preset_values(preset)
     for section in SECTIONS:
         values[section] = {**values[section], **(file_values.get(section) or {})}
+    return values
+
+
+def _read_yaml(path: Path | str) -> dict[str, Any]:
+    """A config file's sections, or a clear error: unreadable, not YAML, not sections."""
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot be read ({e.strerror or e})") from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(values, dict) or any(
+        not isinstance(values.get(section), dict | None) for section in SECTIONS
+    ):
+        raise ValueError(f"--config {path}: a mapping of sections (model:, train:, search:), "
+                         "each a mapping of fields")  # fmt: skip
     return values
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -292,6 +293,45 @@ def test_load_configs_layers_preset_file_and_overrides(tmp_path) -> None:
     path.write_text("modle:\n  w_cl: 1\n")
     with pytest.raises(ValueError, match="unknown sections modle"):
         load_configs("tiny", path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train:\n  max_steps: ten\n", "train.max_steps: 'ten' is not an int"),
+        ("train:\n  lr: fast\n", "train.lr: 'fast' is not a float"),
+        (
+            "model:\n  freeze_vision: yes please\n",
+            "model.freeze_vision: 'yes please' is not a bool",
+        ),
+        ("model:\n  image_mean: grey\n", "model.image_mean: 'grey' is not a list of numbers"),
+        ("model:\n  vision: 5\n", "model.vision: 5 is not a dict"),
+        ("model: 5\n", "a mapping of sections"),
+        ("- model\n", "a mapping of sections"),
+        ("model: [\n", "not valid YAML"),
+    ],
+)
+def test_config_files_with_wrong_values_are_clear_errors(tmp_path, text, message) -> None:
+    """Errors that name the field, not a TypeError from deep inside (a word where a number
+    goes, a section that is not a mapping)."""
+    from sevlm.config import load_configs
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_configs("tiny", path)
+
+
+def test_config_values_are_taken_as_their_fields_type(tmp_path) -> None:
+    from sevlm.config import load_configs
+
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: 1e-5\n")  # YAML 1.1 reads this as text
+    model, train = load_configs("tiny", path, {"w_cl": 1, "image_mean": [0, 0.5, 1]})
+    assert train.lr == 1e-5 and model.w_cl == 1.0 and isinstance(model.w_cl, float)
+    assert model.image_mean == (0.0, 0.5, 1.0)
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_configs("tiny", tmp_path / "missing.yaml")
 
 
 def test_gpt2_weights_map_onto_the_decoder(tokenizer) -> None:
