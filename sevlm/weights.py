@@ -63,7 +63,10 @@ def check_pretrained(config: ModelConfig) -> None:
 def _config_file(ref: str) -> str:
     from transformers.utils import cached_file
 
-    return cached_file(ref, "config.json")
+    found = cached_file(ref, "config.json")
+    if found is None:  # some versions answer None instead of raising
+        raise OSError(f"{ref}: no config.json")
+    return found
 
 
 def _gpt2_state(ref: str) -> tuple[dict[str, torch.Tensor], int]:
@@ -81,6 +84,12 @@ def _clip_model(ref: str):
 
 def _fetch(config: ModelConfig, field: str, loader):
     ref = getattr(config, field)
+    is_folder = ref.startswith(("/", ".", "~")) or Path(ref).exists()  # not a hub name
+    if is_folder and not (Path(ref).expanduser() / "config.json").is_file():
+        raise WeightsError(
+            f"{field}={ref}: no {field.split('_')[0]} model there (a folder with its "
+            "config.json and weights, as `hf download` or `save_pretrained` writes it)"
+        )
     try:
         return loader(ref)
     except OSError as e:

@@ -363,6 +363,23 @@ def test_offline_preset_is_a_clear_error(tokenizer) -> None:
         build_model(config, tokenizer)
 
 
+def test_pretrained_sources_are_checked_without_loading_them(tmp_path, monkeypatch) -> None:
+    from transformers import GPT2Config
+
+    from sevlm.weights import check_pretrained
+
+    check_pretrained(tiny())  # random init: nothing to find
+    with pytest.raises(WeightsError, match=r"decoder_weights=.*: no decoder model there"):
+        check_pretrained(tiny(decoder_weights=str(tmp_path)))  # a folder without a model
+    with pytest.raises(WeightsError, match="no vision model there"):
+        check_pretrained(tiny(vision_weights=str(tmp_path / "missing")))
+    GPT2Config(n_layer=1).save_pretrained(tmp_path)
+    check_pretrained(tiny(decoder_weights=str(tmp_path)))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # as with no hub
+    with pytest.raises(WeightsError, match=r"cannot load decoder weights 'distilgpt2'"):
+        check_pretrained(ModelConfig.preset("paper"))
+
+
 def test_save_then_load_in_a_fresh_process_gives_identical_logits(tokenizer, tmp_path) -> None:
     from sevlm.weights import load_pretrained, save_pretrained
 
