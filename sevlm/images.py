@@ -15,6 +15,9 @@ from PIL import Image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 """What ``sevlm explain`` picks up from a folder."""
+MAX_RESIZED_SIDE = 4
+"""Above this many times the output size, the long side is not resized whole (see
+:class:`ImageTransform`)."""
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -38,6 +41,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(source: Path | str | bytes, draft_size: int | None = None) -> Image.Image:
     """Decode a file (or its bytes) to RGB. ``draft_size`` lets JPEG decode at reduced scale."""
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        # a folder, or a FIFO or device, which reading would block on
+        raise OSError(f"{source}: not a regular file")
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         if draft_size is not None:
             image.draft("RGB", (draft_size, draft_size))
@@ -76,9 +82,16 @@ class ImageTransform:
         w, h = image.size
         scale = self.size / min(w, h)
         new_w, new_h = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
+        if max(new_w, new_h) > MAX_RESIZED_SIDE * self.size:
+            # a strip (1 x 200000 pixels, say): resize only the part the crop keeps, not a
+            # 64 x 12.8M image; within a pixel value of resizing all, then cropping
+            box = (left * w / new_w, top * h / new_h,
+                   (left + self.size) * w / new_w, (top + self.size) * h / new_h)  # fmt: skip
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box)
+        else:
+            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+            image = image.crop((left, top, left + self.size, top + self.size))
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
     def load(self, path: Path | str) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import csv_path, write_csv, write_image
+from PIL import Image
 
 from sevlm.artemis import (
     SKIP_REASONS,
@@ -114,6 +115,32 @@ def test_image_modes_are_valid(artemis_dir: Path, mode: str, fmt: str) -> None:
         assert rgb.getpixel((0, 0)) == (255, 255, 255)
     pixels = ImageTransform(size=8)(rgb)
     assert pixels.shape == (3, 8, 8) and pixels.dtype == np.uint8
+
+
+def test_a_long_strip_is_resized_only_where_it_is_cropped(tmp_path: Path, monkeypatch) -> None:
+    """A 1 x 200000 PNG (under a KB) once made a 64 x 12.8M intermediate image (GBs)."""
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (1, 200_000), (10, 200, 30)).save(strip)
+    sizes, resize = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda im, size, *a, **k: (
+        sizes.append(size), resize(im, size, *a, **k))[1])  # fmt: skip
+    pixels = ImageTransform(size=64).load(strip)
+    assert sizes == [(64, 64)]
+    assert pixels.shape == (3, 64, 64) and (pixels[:, 32, 32] == (10, 200, 30)).all()
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (64, 5 * 64, 3), dtype=np.uint8))  # 5:1
+    plain = wide.resize((320, 64), Image.Resampling.BICUBIC).crop((128, 0, 192, 64))
+    assert np.array_equal(ImageTransform(size=64)(wide), np.asarray(plain).transpose(2, 0, 1))
+
+
+def test_a_fifo_named_like_an_image_is_unreadable_not_a_hang(artemis_dir: Path) -> None:
+    fifo = artemis_dir / "wikiart" / "Realism" / "p.jpg"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        load_rgb(fifo)
+    data = load(artemis_dir, [("Realism", "p", "awe", GOOD, 1)])
+    assert data.report.rows_kept == 0 and data.report.skipped["unreadable_image"] == 1
 
 
 @pytest.mark.parametrize(("csv_form", "disk_form"), [("NFC", "NFD"), ("NFD", "NFC")])
