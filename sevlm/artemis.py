@@ -1,6 +1,7 @@
 """ArtEmis: read the annotation files, check every row, group by painting, split.
 
-A row is kept, or skipped for exactly one reason, checked in this order: ``unknown_emotion``,
+A row is kept, or skipped for exactly one reason, checked in this order: ``extra_fields``
+(more fields than the header: an unquoted comma has cut its utterance), ``unknown_emotion``,
 ``empty_utterance``, ``invalid_path`` (``art_style`` or ``painting`` would leave the images
 root), ``missing_image``, ``unreadable_image`` (only when images are decoded). Skips are
 counted, never fatal; a file that is not an ArtEmis CSV at all is a :class:`DataError`.
@@ -39,6 +40,7 @@ REQUIRED_COLUMNS = ("art_style", "painting", "emotion", "utterance")
 """Columns a v1.0 file must have (``repetition`` is read when present, never needed)."""
 CONTRASTIVE_COLUMNS = (*REQUIRED_COLUMNS, "anchor_painting")
 SKIP_REASONS = (
+    "extra_fields",
     "unknown_emotion",
     "empty_utterance",
     "invalid_path",
@@ -470,6 +472,9 @@ def load_artemis(
         style, name = _text(row.get("art_style")), _text(row.get("painting"))
         emotion = normalize_emotion(row.get("emotion"))
         utterance = _text(row.get("utterance"))
+        if None in row:  # csv.DictReader's key for fields beyond the header's
+            skip("extra_fields", line, style, name, row.get("emotion"))
+            continue
         if emotion is None:
             skip("unknown_emotion", line, style, name, row.get("emotion"))
             continue

@@ -59,9 +59,11 @@ def test_each_skip_reason_counted_once(artemis_dir: Path) -> None:
         ("Cubism", "broken", "fear", GOOD, 1),  # unreadable_image
         ("Cubism", "truncated", "fear", GOOD, 1),  # unreadable_image
         ("Cubism", "also-ok", " Fear ", GOOD, 1),
+        ("Cubism", "ok", "awe", "it is dark", " gloomy and sad", 1),  # extra_fields
     ]
     report = load(artemis_dir, rows).report
     assert report.skipped == {
+        "extra_fields": 1,
         "unknown_emotion": 2,
         "empty_utterance": 2,
         "invalid_path": 4,
