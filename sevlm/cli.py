@@ -179,7 +179,10 @@ def _data_of_model(args: argparse.Namespace, trained_on: dict) -> UtterancePrep 
         _progress(f"no data given: the model's training data ({args.csv or args.data})")
     if args.no_text_prep or "text_prep" not in trained_on:
         return None
-    return UtterancePrep(**trained_on["text_prep"])
+    try:
+        return UtterancePrep(**trained_on["text_prep"])
+    except TypeError as e:  # fields of another version, or damage
+        raise ValueError(f"the model's config.json: data.text_prep: {e}") from e
 
 
 def _still_there(trained_on: dict) -> bool:
@@ -485,6 +488,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print, escaped
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
@@ -492,6 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except BrokenPipeError:  # `sevlm explain ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 1
     except Exception as e:
         if not isinstance(e, user_errors()):
             raise

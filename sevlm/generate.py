@@ -171,8 +171,9 @@ class Decoder:
         its best live one when none finished. Greedy decoding is not ``beams=1`` here: a
         one-wide search goes on past an ``<eos>`` that greedy decoding would stop at.
         """
-        if beams < 1:
-            raise ValueError(f"beams must be at least 1, not {beams}")
+        most = self.model.config.vocab_size // 2  # each step ranks 2 * beams extensions
+        if not 1 <= beams <= most:
+            raise ValueError(f"beams must be from 1 to {most}, not {beams}")
         eos, room = self.tokenizer.eos_token_id, self._room(max_new_tokens)
         texts = _Texts(self, memory, use_cache)
         images = list(range(memory.shape[0]))  # the images searched, in the order of `texts`

@@ -64,9 +64,14 @@ def _model_dir(folder: Path, ref: str) -> Path:
     mlmodel = folder / "MLmodel"
     if mlmodel.is_file():
         spec = _read_mlmodel(mlmodel)
-        artifact = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
-        if "model" in artifact:
-            return folder / artifact["model"]["path"]
+        try:
+            path = spec["flavors"]["python_function"]["artifacts"]["model"]["path"]
+        except (KeyError, TypeError):
+            path = None
+        if isinstance(path, str):
+            if not (folder / path).resolve().is_relative_to(folder.resolve()):
+                raise ModelNotFound(f"{mlmodel}: its model artifact {path!r} is outside {folder}")
+            return folder / path
     raise ModelNotFound(f"{ref}: neither a sevlm model directory nor a sevlm MLflow model")
 
 

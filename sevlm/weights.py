@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
@@ -216,16 +217,32 @@ def load_pretrained(
         info = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise WeightsError(f"{folder}: not a sevlm model directory ({e})") from e
-    if info.get("format") != FORMAT:
-        raise WeightsError(f"{folder}: unknown format {info.get('format')!r}, want {FORMAT}")
+    _check_info(folder, info)
     trained = ModelConfig.from_dict(info["model"])
     tokenizer = load_tokenizer(str(folder))
     model = build_model(trained.without_pretrained(), tokenizer)  # all in model.safetensors
-    load_weights(model, folder / WEIGHTS_FILE, device)
+    try:
+        load_weights(model, folder / WEIGHTS_FILE, device)
+    except (OSError, RuntimeError, SafetensorError) as e:  # missing, truncated, other shapes
+        raise WeightsError(f"{folder / WEIGHTS_FILE}: cannot be loaded ({str(e)[:300]})") from e
     model.config = trained  # as trained: where its weights first came from
     return LoadedModel(
         model.to(device).eval(), tokenizer, _load_lexicon(folder, info, lexicon), info
     )
+
+
+def _check_info(folder: Path, info: Any) -> None:
+    """The shape of a model directory's config.json, before anything reads its parts."""
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise WeightsError(f"{folder}: unknown format {found!r}, want {FORMAT}")
+    data = info.get("data", {})
+    parts = [info.get("model"), info.get("lexicon", {}), data]
+    if not all(isinstance(part, dict) for part in parts) or not (
+        isinstance(data.get("seed", 0), int) and isinstance(data.get("text_prep", {}), dict)
+    ):
+        raise WeightsError(f"{folder}: config.json is damaged (model, lexicon, data and "
+                           "data.text_prep must be mappings, data.seed an integer)")  # fmt: skip
 
 
 def save_weights(model: SEVLM, path: Path) -> None:
@@ -244,7 +261,9 @@ def _load_lexicon(folder: Path, info: dict, override: Path | str | None) -> VADL
     if override is not None:
         return read_lexicon(override)
     if "file" in meta:
-        path = folder / meta["file"]
+        path = folder / str(meta["file"])
+        if not path.resolve().is_relative_to(folder.resolve()) or not path.is_file():
+            raise WeightsError(f"{folder}: its lexicon file {meta['file']!r} is not in the folder")
         if sha256_file(path) != meta.get("file_sha256"):
             raise WeightsError(f"{path} was changed after the model was saved (sha256 differs)")
         return read_lexicon(path)

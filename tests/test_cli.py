@@ -137,3 +137,29 @@ def test_evaluate_defaults_to_the_models_data_where_it_still_is(tmp_path: Path, 
     assert defaulted(hub) == "hf:some-org/artemis"
     assert defaulted({"hf": str(tmp_path / "gone"), "csv": None, "images": None}) is None
     assert defaulted({}) is None
+
+
+def test_a_file_name_that_is_not_utf8_prints_escaped(tmp_path: Path, monkeypatch) -> None:
+    import io
+
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # as under an en_US.UTF-8 locale
+    monkeypatch.setattr(sys, "stdout", strict)
+    out = tmp_path / "bad\udcffname"  # the byte 0xff, as Python decodes it from the disk
+    assert main(["data", "sample", "--out", str(out), "--paintings", "12"]) == 0
+    strict.flush()
+    assert "bad\\udcffname" in strict.buffer.getvalue().decode()
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`sevlm explain ... | head -1`: no BrokenPipeError traceback when the reader stops
+    early (a command that prints far more than a pipe holds stands in for explain)."""
+    script = (
+        "import sys; from sevlm import cli\n"
+        "cli.cmd_data_sample = lambda args: [print('x' * 999) for _ in range(9999)] and 0\n"
+        "sys.exit(cli.main(['data', 'sample', '--out', 'unused']))"
+    )
+    done = subprocess.run(
+        f"{sys.executable} -c \"{script}\" | head -c 3",
+        shell=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout == "xxx" and "Traceback" not in done.stderr and "Error" not in done.stderr

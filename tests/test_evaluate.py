@@ -200,6 +200,14 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert "no registered model" in capsys.readouterr().err
     assert main(["explain", "--model", str(tmp_path), "x.jpg"]) == 2
     assert "neither a sevlm model directory" in capsys.readouterr().err
+    (tmp_path / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts:\n"
+                                      "      model: {path: ../elsewhere}\n")  # fmt: skip
+    assert main(["explain", "--model", str(tmp_path), "x.jpg"]) == 2
+    assert "its model artifact '../elsewhere' is outside" in capsys.readouterr().err
+    (tmp_path / "MLmodel").write_text("flavors: [1, 2]\n")
+    assert main(["explain", "--model", str(tmp_path), "x.jpg"]) == 2
+    assert "neither a sevlm model directory" in capsys.readouterr().err
+    (tmp_path / "MLmodel").unlink()
     assert main(["explain", "--model", str(tmp_path), "--beams", "0", "x.jpg"]) == 2
     assert "--beams must be >= 1" in capsys.readouterr().err
     assert main(["explain", "--model", str(tmp_path), "--batch-size", "0", "x.jpg"]) == 2

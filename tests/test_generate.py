@@ -149,9 +149,11 @@ def test_explanations_from_beams(decoder: Decoder, memory: Tensor) -> None:
     assert [s.text for s in said] == [t.removesuffix("<|endoftext|>") for t in texts]
 
 
-def test_beams_must_be_positive(decoder: Decoder, memory: Tensor) -> None:
-    with pytest.raises(ValueError, match="beams must be at least 1"):
-        decoder.generate(memory, beams=0)
+def test_beams_must_be_positive_and_fit_the_vocabulary(decoder: Decoder, memory: Tensor) -> None:
+    most = decoder.model.config.vocab_size // 2  # each step ranks 2 * beams extensions
+    for beams in (0, most + 1):
+        with pytest.raises(ValueError, match=f"beams must be from 1 to {most}, not {beams}"):
+            decoder.generate(memory, beams=beams)
 
 
 def test_the_last_word_memo_reads_as_the_whole_text(decoder: Decoder) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -470,3 +472,39 @@ def test_model_directory_edge_cases(tokenizer, tmp_path) -> None:
         f.write("joy\t0.9\t0.5\t0.5\n")
     with pytest.raises(WeightsError, match="changed after the model was saved"):
         load_pretrained(full)
+
+
+def test_a_damaged_model_directory_is_a_clear_error(tokenizer, tmp_path) -> None:
+    """Every kind of damage a copied or hand-edited folder shows: a WeightsError that names
+    the folder, never a KeyError or a read outside it."""
+    from sevlm.weights import load_pretrained, save_pretrained
+
+    model = build_model(ModelConfig.preset("tiny", vision_weights=None), tokenizer)
+    good = save_pretrained(model, tmp_path / "good", tokenizer, LEXICON)
+    info = json.loads((good / "config.json").read_text())
+    outside = tmp_path / "lexicon.tsv"
+    shutil.copy(good / "lexicon.tsv", outside)
+
+    def damaged(name: str, config=None, weights: bytes | None = None) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        if config is not None:
+            (folder / "config.json").write_text(json.dumps(config))
+        if weights is not None:
+            (folder / "model.safetensors").write_bytes(weights)
+        return folder
+
+    truncated = (good / "model.safetensors").read_bytes()[:100]
+    lexicon = {**info["lexicon"], "file": "../lexicon.tsv"}
+    for folder, message in [
+        (damaged("list", []), "unknown format 'list'"),
+        (damaged("no-model", {k: v for k, v in info.items() if k != "model"}), "is damaged"),
+        (damaged("seed", {**info, "data": {"seed": "zero"}}), "is damaged"),
+        (damaged("truncated", weights=truncated), "model.safetensors: cannot be loaded"),
+        (damaged("escape", {**info, "lexicon": lexicon}), "'../lexicon.tsv' is not in the folder"),
+    ]:
+        with pytest.raises(WeightsError, match=re.escape(message)):
+            load_pretrained(folder)
+    (folder := damaged("missing")).joinpath("model.safetensors").unlink()
+    with pytest.raises(WeightsError, match=r"model\.safetensors: cannot be loaded"):
+        load_pretrained(folder)
