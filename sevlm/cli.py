@@ -81,7 +81,10 @@ def cmd_data_sample(args: argparse.Namespace) -> int:
     from sevlm.sample import write_sample
 
     started = time.perf_counter()
-    s = write_sample(args.out, paintings=args.paintings, seed=args.seed)
+    try:
+        s = write_sample(args.out, paintings=args.paintings, seed=args.seed)
+    except OSError as e:  # a file where a folder goes, no permission, a full disk
+        raise ValueError(f"--out {args.out}: cannot write the sample ({e})") from e
     print(
         f"wrote {s.rows} annotations of {s.paintings} paintings to {s.out} "
         f"in {time.perf_counter() - started:.1f} s\n"
@@ -300,10 +303,18 @@ def _image_files(paths: list[Path]) -> list[Path]:
 
     found = []
     for path in paths:
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
+        if not path.is_dir():
             found.append(path)
+            continue
+        entries = sorted(path.iterdir())
+        images = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if not entries:
+            _progress(f"{path}: an empty folder")
+        elif len(images) < len(entries):
+            _progress(f"{path}: {len(entries) - len(images)} of its {len(entries)} entries "
+                      f"skipped: not files named {'/'.join(sorted(IMAGE_SUFFIXES))} "
+                      "(subfolders are not searched)")  # fmt: skip
+        found += images
     return found
 
 

@@ -163,3 +163,24 @@ def test_a_closed_pipe_ends_quietly() -> None:
         shell=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.stdout == "xxx" and "Traceback" not in done.stderr and "Error" not in done.stderr
+
+
+def test_explain_says_what_it_skips_in_a_folder(tmp_path: Path, sample, capsys) -> None:
+    from sevlm.cli import _image_files
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "sub").mkdir()
+    image = tmp_path / "a.JPG"
+    image.write_bytes((next(sample.images.rglob("*.jpg"))).read_bytes())
+    assert _image_files([tmp_path]) == [image]
+    assert f"{tmp_path}: 2 of its 3 entries skipped" in capsys.readouterr().err
+    assert _image_files([tmp_path / "sub"]) == []
+    assert f"{tmp_path / 'sub'}: an empty folder" in capsys.readouterr().err
+
+
+def test_data_sample_into_a_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile").write_text("")
+    assert main(["data", "sample", "--out", str(tmp_path / "afile" / "sub")]) == 2
+    assert f"error: --out {tmp_path / 'afile' / 'sub'}: cannot write the sample" in (
+        capsys.readouterr().err
+    )
