@@ -8,6 +8,7 @@ Reads the published layouts: v1 (``word<TAB>V<TAB>A<TAB>D`` in [0, 1], header li
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import numpy as np
 Scale = Literal["auto", "unit", "bipolar"]
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _HEADER_FIRST = {"word", "term"}
+
+log = logging.getLogger(__name__)
 
 
 class LexiconError(ValueError):
@@ -108,11 +111,16 @@ def read_lexicon(path: Path | str, scale: Scale = "auto") -> VADLexicon:
     bipolar = _is_bipolar(scale, v2_header, rows)
     low = -1.0 if bipolar else 0.0
     table: dict[str, tuple[float, float, float]] = {}
+    conflicts: list[str] = []
     for word, *values in rows:
         if any(not low <= x <= 1.0 for x in values):
             raise LexiconError(f"{path}: {word!r} has values {values} outside [{low:g}, 1]")
         vad = tuple(values) if bipolar else tuple(2.0 * x - 1.0 for x in values)
-        table.setdefault(word, vad)  # type: ignore[arg-type]
+        if table.setdefault(word, vad) != vad:  # type: ignore[arg-type]
+            conflicts.append(word)
+    if conflicts:
+        log.warning("%s: %d word(s) appear again with other values; the first is kept (%s)",
+                    path, len(conflicts), ", ".join(repr(w) for w in conflicts[:3]))  # fmt: skip
     return VADLexicon(table, source=str(path), sha256=hashlib.sha256(raw).hexdigest())
 
 
@@ -145,4 +153,9 @@ def _is_bipolar(scale: Scale, v2_header: bool, rows: list[tuple[str, float, floa
         return True
     if scale != "auto":
         raise ValueError(f"scale must be auto, unit or bipolar, got {scale!r}")
-    return v2_header or any(x < 0 for _, *values in rows for x in values)
+    negative = sum(x < 0 for _, *values in rows for x in values)
+    if negative and not v2_header and negative < 0.01 * 3 * len(rows):
+        log.warning("%d of %d values are negative, so the whole lexicon is read as [-1, 1]; "
+                    "pass scale='unit' if it is [0, 1] with a few bad values",
+                    negative, 3 * len(rows))  # fmt: skip
+    return v2_header or negative > 0

@@ -41,6 +41,21 @@ def test_v1_bipolar_file_is_kept(tmp_path: Path) -> None:
     assert lexicon.get("zeal") == pytest.approx((0.9, 0.6, 0.2))
 
 
+def test_doubtful_files_are_read_with_a_warning(tmp_path: Path, caplog) -> None:
+    """A word given twice with other values keeps the first; one stray negative among many
+    [0, 1] values turns the whole file bipolar: both are said, not silent."""
+    text = "zeal\t0.9\t0.6\t0.2\nZeal\t0.1\t0.1\t0.1\nzeal\t0.9\t0.6\t0.2\n"
+    assert read_lexicon(write(tmp_path, text)).get("zeal") == pytest.approx((0.8, 0.2, -0.6))
+    assert "1 word(s) appear again with other values; the first is kept ('zeal')" in caplog.text
+    caplog.clear()
+    rows = "".join(f"w{i}\t0.5\t0.5\t0.5\n" for i in range(40)) + "bad\t-0.1\t0.5\t0.5\n"
+    assert read_lexicon(write(tmp_path, rows)).get("w0") == pytest.approx((0.5, 0.5, 0.5))
+    assert "1 of 123 values are negative, so the whole lexicon is read as [-1, 1]" in caplog.text
+    caplog.clear()
+    read_lexicon(write(tmp_path, "abandon\t-0.688\t-0.1\t-0.5\nzeal\t0.9\t0.6\t0.2\n"))
+    assert caplog.text == ""  # a bipolar file: half its values negative
+
+
 def test_v2_header_means_bipolar_even_without_negatives(tmp_path: Path) -> None:
     text = "term\tvalence\tarousal\tdominance\nzeal\t0.9\t0.6\t0.2\nice cream\t0.8\t0.3\t0.1\n"
     lexicon = read_lexicon(write(tmp_path, text))
