@@ -41,8 +41,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(source: Path | str | bytes, draft_size: int | None = None) -> Image.Image:
     """Decode a file (or its bytes) to RGB. ``draft_size`` lets JPEG decode at reduced scale."""
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        # a folder, or a FIFO or device, which reading would block on
+    if not isinstance(source, bytes) and Path(source).exists() and not Path(source).is_file():
+        # a folder, or a FIFO or device, which reading would block on (a missing file is
+        # Image.open's FileNotFoundError, which callers report as missing)
         raise OSError(f"{source}: not a regular file")
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         if draft_size is not None:

@@ -141,6 +141,8 @@ def test_a_fifo_named_like_an_image_is_unreadable_not_a_hang(artemis_dir: Path) 
     os.mkfifo(fifo)
     with pytest.raises(OSError, match="not a regular file"):
         load_rgb(fifo)
+    with pytest.raises(FileNotFoundError):  # missing stays missing, not unreadable
+        load_rgb(fifo.with_name("gone.jpg"))
     data = load(artemis_dir, [("Realism", "p", "awe", GOOD, 1)])
     assert data.report.rows_kept == 0 and data.report.skipped["unreadable_image"] == 1
 
