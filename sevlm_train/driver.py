@@ -79,6 +79,8 @@ class Scaling:
     def __post_init__(self) -> None:
         if self.num_workers is not None and self.num_workers < 1:
             raise ValueError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.gpus_per_worker <= 0:
+            raise ValueError(f"--gpus-per-worker must be > 0, got {self.gpus_per_worker}")
         if self.max_failures < 0:
             raise ValueError(f"--max-failures must be >= 0, got {self.max_failures}")
 

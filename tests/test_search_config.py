@@ -269,6 +269,8 @@ def test_search_cli_refuses_to_reuse_a_sweep_name_without_resume(tmp_path, sampl
         (["--gpus-per-worker", "0"], "--gpus-per-worker must be > 0"),
         (["--num-samples", "0"], "--num-samples must be >= 1"),
         (["--max-concurrent", "-1"], "--max-concurrent must be >= 1"),
+        (["--num-workers", "0"], "--num-workers must be >= 1"),
+        (["--max-failures", "-1"], "--max-failures must be >= 0"),
     ):
         assert search_cli().main([*argv, *bad]) == 2
         assert message in capsys.readouterr().err

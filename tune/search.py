@@ -90,10 +90,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # `ray job stop` and schedulers send SIGTERM: let Tune stop as on Ctrl-C, saving its state
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     try:
-        check_args(args)
+        scaling = check_args(args)
         storage = args.storage or str(args.output / "ray")
         storage = storage if "://" in storage else str(Path(storage).absolute())
-        spec = load_spec(storage, args.name) if args.resume else new_spec(args, storage, say)
+        if args.resume:
+            spec = load_spec(storage, args.name)
+        else:
+            spec = new_spec(args, scaling, storage, say)
         check_reachable(spec.tracking_uri)
         outcome = run_search(spec, resume=args.resume, printer=say)
     except Exception as e:
@@ -122,22 +125,25 @@ def ignored_on_resume(parser: argparse.ArgumentParser, args: argparse.Namespace)
     ]
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """Numbers and names that would otherwise fail deep inside Ray or MLflow."""
+def check_args(args: argparse.Namespace) -> Scaling:
+    """Numbers and names that would otherwise fail deep inside Ray or MLflow; the trials'
+    scaling, which checks its own fields."""
     checks = [
         (args.num_samples is None or args.num_samples >= 1, "--num-samples must be >= 1"),
         (args.max_concurrent is None or args.max_concurrent >= 1, "--max-concurrent must be >= 1"),
-        (args.num_workers is None or args.num_workers >= 1, "--num-workers must be >= 1"),
-        (args.gpus_per_worker > 0, "--gpus-per-worker must be > 0"),
-        (args.max_failures >= 0, "--max-failures must be >= 0"),
         (args.name is None or NAME.fullmatch(args.name), "--name: letters, digits, . _ - only"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    return Scaling(
+        num_workers=args.num_workers,
+        gpus_per_worker=args.gpus_per_worker,
+        max_failures=args.max_failures,
+    )
 
 
-def new_spec(args: argparse.Namespace, storage: str, say):
+def new_spec(args: argparse.Namespace, scaling: Scaling, storage: str, say):
     """A new sweep from the command line; the data default is the embedded sample."""
     source: DataSource = source_from_args(args, sample_default=True)
     name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
@@ -155,11 +161,6 @@ def new_spec(args: argparse.Namespace, storage: str, say):
     ensure_ray(say)
     import ray
 
-    scaling = Scaling(
-        num_workers=args.num_workers,
-        gpus_per_worker=args.gpus_per_worker,
-        max_failures=args.max_failures,
-    )
     scaling.concurrent_runs = trial_concurrency(
         ray.cluster_resources(), scaling, args.max_concurrent or search.max_concurrent, say
     )
