@@ -179,14 +179,13 @@ class DecoderState:
 
 @dataclass
 class SEVLMOutput:
-    """The total loss, each term apart (for logging), the LM logits, and what each term
-    averaged over (so evaluation can add batches up exactly)."""
+    """The total loss, each term apart (for logging), and what each term averaged over (so
+    evaluation can add batches up exactly)."""
 
     loss: Tensor
     lm_loss: Tensor
     vad_loss: Tensor | None
     cl_loss: Tensor | None
-    logits: Tensor
     counts: dict[str, int]
     """Predicted tokens (lm_loss), known VAD targets (vad_loss), anchors (cl_loss)."""
 
@@ -280,11 +279,8 @@ class SEVLM(nn.Module):
             flat["input_ids"], flat["segment_ids"], flat["vad"],
             memory.repeat_interleave(pair, dim=0),
         )  # fmt: skip
-        logits = self.logits(hidden)
         targets = flat["labels"][:, 1:]
-        lm_loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100
-        )
+        lm_loss = self._lm_loss(hidden[:, :-1], targets)
         counts = {"lm_loss": int((targets != -100).sum())}
         loss, vad_loss, cl_loss = lm_loss, None, None
         if self.vad_head is not None:
@@ -299,7 +295,18 @@ class SEVLM(nn.Module):
             cl_loss = self._contrastive(hidden, flat, memory, valid, pair)
             counts["cl_loss"] = int(valid.sum())
             loss = loss + self.config.w_cl * cl_loss
-        return SEVLMOutput(loss, lm_loss, vad_loss, cl_loss, logits, counts)
+        return SEVLMOutput(loss, lm_loss, vad_loss, cl_loss, counts)
+
+    def _lm_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
+        """Next-token cross-entropy, the LM head run only where there is a target: a third
+        of a batch's positions are padding, and the 50k-word head is most of a small model's
+        step. Under ``torch.compile`` every position goes through the head, as a selection of
+        data-dependent size would break the graph."""
+        if not torch.compiler.is_compiling():
+            known = targets != -100
+            hidden, targets = hidden[known], targets[known]
+        logits = self.logits(hidden).float()
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100)
 
     def _contrastive(self, hidden, flat, memory, valid, pair) -> Tensor:
         """In training, negatives come from the global batch. In evaluation they are the

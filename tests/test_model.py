@@ -78,8 +78,6 @@ def test_losses_finite_and_gradients_reach_every_group(tokenizer, make_config) -
     model = build_model(config, tokenizer)
     batch = make_batch(tokenizer, config)
     out = model(batch)
-    n_seq = batch["input_ids"].shape[0] * 2
-    assert out.logits.shape == (n_seq, config.max_len, config.vocab_size)
     for term in (out.loss, out.lm_loss, out.vad_loss, out.cl_loss):
         assert term.ndim == 0 and torch.isfinite(term)
     expected = out.lm_loss + config.w_vad * out.vad_loss + config.w_cl * out.cl_loss
@@ -382,7 +380,25 @@ def test_pretrained_sources_are_checked_without_loading_them(tmp_path, monkeypat
         check_pretrained(ModelConfig.preset("paper"))
 
 
-def test_save_then_load_in_a_fresh_process_gives_identical_logits(tokenizer, tmp_path) -> None:
+def test_lm_loss_is_the_mean_over_every_target_position(tokenizer) -> None:
+    """The LM head runs only where a label is: the loss is the one over every position."""
+    torch.manual_seed(0)
+    model = build_model(tiny(), tokenizer).eval()
+    batch = make_batch(tokenizer, model.config, n_images=3)
+    flat = {k: batch[k].flatten(0, 1) for k in ("input_ids", "segment_ids", "vad", "labels")}
+    targets = flat["labels"][:, 1:]
+    assert (targets == -100).any() and (targets != -100).any()  # padding to leave out
+    with torch.no_grad():
+        out = model(batch)
+        memory = model.encode_images(batch["pixel_values"]).repeat_interleave(2, dim=0)
+        hidden, _ = model.decode(flat["input_ids"], flat["segment_ids"], flat["vad"], memory)
+        every = model.logits(hidden)[:, :-1].flatten(0, 1)
+    expected = torch.nn.functional.cross_entropy(every, targets.flatten(), ignore_index=-100)
+    assert out.lm_loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert out.counts["lm_loss"] == int((targets != -100).sum())
+
+
+def test_save_then_load_in_a_fresh_process_gives_identical_losses(tokenizer, tmp_path) -> None:
     from sevlm.weights import load_pretrained, save_pretrained
 
     torch.manual_seed(0)
@@ -390,7 +406,8 @@ def test_save_then_load_in_a_fresh_process_gives_identical_logits(tokenizer, tmp
     model = build_model(config, tokenizer).eval()
     batch = make_batch(tokenizer, config)
     with torch.no_grad():
-        expected = model(batch).logits
+        out = model(batch)
+    expected = torch.stack([out.loss, out.lm_loss, out.vad_loss, out.cl_loss])
     folder = save_pretrained(
         model, tmp_path / "model", tokenizer, LEXICON, metrics={"bleu4": 0.1}, training={"lr": 1}
     )
@@ -404,13 +421,15 @@ from sevlm.weights import load_pretrained
 loaded = load_pretrained({str(folder)!r})
 batch = torch.load({str(tmp_path / "batch.pt")!r}, weights_only=True)
 with torch.no_grad():
-    torch.save(loaded.model(batch).logits, {str(tmp_path / "logits.pt")!r})
+    out = loaded.model(batch)
+    torch.save(torch.stack([out.loss, out.lm_loss, out.vad_loss, out.cl_loss]),
+               {str(tmp_path / "losses.pt")!r})
 assert loaded.lexicon.table == {LEXICON.table!r}
 """
     subprocess.run(
         [sys.executable, "-c", script], check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
     )
-    got = torch.load(tmp_path / "logits.pt", weights_only=True)
+    got = torch.load(tmp_path / "losses.pt", weights_only=True)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     loaded = load_pretrained(folder)
     assert loaded.info["metrics"] == {"bleu4": 0.1}
