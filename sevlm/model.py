@@ -297,16 +297,14 @@ class SEVLM(nn.Module):
             loss = loss + self.config.w_cl * cl_loss
         return SEVLMOutput(loss, lm_loss, vad_loss, cl_loss, counts)
 
+    @torch.compiler.disable  # its size depends on the labels: left out of compiled graphs
     def _lm_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
         """Next-token cross-entropy, the LM head run only where there is a target: a third
         of a batch's positions are padding, and the 50k-word head is most of a small model's
-        step. Under ``torch.compile`` every position goes through the head, as a selection of
-        data-dependent size would break the graph."""
-        if not torch.compiler.is_compiling():
-            known = targets != -100
-            hidden, targets = hidden[known], targets[known]
-        logits = self.logits(hidden).float()
-        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100)
+        step."""
+        known = targets != -100
+        logits = self.logits(hidden[known]).float()
+        return F.cross_entropy(logits, targets[known])
 
     def _contrastive(self, hidden, flat, memory, valid, pair) -> Tensor:
         """In training, negatives come from the global batch. In evaluation they are the
