@@ -1,10 +1,12 @@
 """ArtEmis: read the annotation files, check every row, group by painting, split.
 
-A row is kept, or skipped for exactly one reason, checked in this order: ``extra_fields``
-(more fields than the header: an unquoted comma has cut its utterance), ``unknown_emotion``,
-``empty_utterance``, ``invalid_path`` (``art_style`` or ``painting`` would leave the images
-root), ``missing_image``, ``unreadable_image`` (only when images are decoded). Skips are
-counted, never fatal; a file that is not an ArtEmis CSV at all is a :class:`DataError`.
+A row is kept, or skipped for exactly one reason, checked in this order: ``unbalanced_quote``
+(a quoted field runs on over lines that read as rows: the record and each row it swallowed
+are counted), ``extra_fields`` (more fields than the header: an unquoted comma has cut its
+utterance), ``unknown_emotion``, ``empty_utterance``, ``invalid_path`` (``art_style`` or
+``painting`` would leave the images root), ``missing_image``, ``unreadable_image`` (only when
+images are decoded). Skips are counted, never fatal; a file that is not an ArtEmis CSV at all
+is a :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ REQUIRED_COLUMNS = ("art_style", "painting", "emotion", "utterance")
 """Columns a v1.0 file must have (``repetition`` is read when present, never needed)."""
 CONTRASTIVE_COLUMNS = (*REQUIRED_COLUMNS, "anchor_painting")
 SKIP_REASONS = (
+    "unbalanced_quote",
     "extra_fields",
     "unknown_emotion",
     "empty_utterance",
@@ -458,8 +461,10 @@ def load_artemis(
 
     notes = _RowNotes()
 
-    def skip(reason: str, line: int | None, style: str, name: str, emotion: object) -> None:
-        skipped[reason] += 1
+    def skip(
+        reason: str, line: int | None, style: str, name: str, emotion: object, rows: int = 1
+    ) -> None:
+        skipped[reason] += rows
         if len(examples.setdefault(reason, [])) < 5:
             examples[reason].append(
                 {"line": line, "art_style": style, "painting": name, "emotion": emotion}
@@ -472,6 +477,10 @@ def load_artemis(
         style, name = _text(row.get("art_style")), _text(row.get("painting"))
         emotion = normalize_emotion(row.get("emotion"))
         utterance = _text(row.get("utterance"))
+        if swallowed := _swallowed_rows(row):
+            rows_total += swallowed
+            skip("unbalanced_quote", line, style, name, row.get("emotion"), 1 + swallowed)
+            continue
         if None in row:  # csv.DictReader's key for fields beyond the header's
             skip("extra_fields", line, style, name, row.get("emotion"))
             continue
@@ -516,6 +525,21 @@ def load_artemis(
         warnings=notes.warnings(),
     )
     return ArtemisData(kept, report)
+
+
+def _swallowed_rows(row: dict) -> int:
+    """Lines inside the record's fields that read as rows of their own (four or more fields,
+    one of them an emotion): a quote left open has swallowed them. 0 for a one-line record,
+    or for line breaks inside an explanation."""
+    if row.get("_lines", 1) <= 1:
+        return 0
+    values = [v for k, v in row.items() if k is not None] + list(row.get(None) or [])
+    lines = [line for v in values if isinstance(v, str) for line in v.splitlines()[1:]]
+    return sum(
+        len(parts := line.split(",")) >= len(REQUIRED_COLUMNS)
+        and any(normalize_emotion(part) for part in parts)
+        for line in lines
+    )
 
 
 def _text(value: object) -> str:

@@ -63,6 +63,7 @@ def test_each_skip_reason_counted_once(artemis_dir: Path) -> None:
     ]
     report = load(artemis_dir, rows).report
     assert report.skipped == {
+        "unbalanced_quote": 0,  # see test_rows_swallowed_by_an_unbalanced_quote_are_counted
         "extra_fields": 1,
         "unknown_emotion": 2,
         "empty_utterance": 2,
@@ -362,14 +363,27 @@ def test_one_bad_row_costs_at_most_that_row(artemis_dir: Path) -> None:
     assert "warning:" in report.summary()
 
 
-def test_unbalanced_quote_is_reported(artemis_dir: Path) -> None:
+def test_rows_swallowed_by_an_unbalanced_quote_are_counted(artemis_dir: Path) -> None:
     write_image(artemis_dir / "wikiart" / "Cubism" / "p.jpg")
-    lines = ["art_style,painting,emotion,utterance,repetition", 'Cubism,p,awe,"it opens,1']
+    lines = ["art_style,painting,emotion,utterance,repetition", "Cubism,p,awe,kept,1",
+             'Cubism,p,awe,"it opens,1']  # fmt: skip
     lines += [f"Cubism,p,fear,row {i} swallowed,1" for i in range(6)]
     csv_path(artemis_dir).write_text("\n".join(lines) + "\n")
     report = load_artemis(DataSource.resolve(data=str(artemis_dir))).report
-    assert report.rows_total == 1
-    assert any("unbalanced quote" in w and "line 2" in w for w in report.warnings)
+    assert report.rows_total == 8 and report.rows_kept == 1
+    assert report.skipped["unbalanced_quote"] == 7  # the open record and the six it swallowed
+    assert report.rows_kept + sum(report.skipped.values()) == report.rows_total
+    assert report.skipped_examples["unbalanced_quote"][0]["line"] == 3
+    assert any("unbalanced quote" in w and "line 3" in w for w in report.warnings)
+
+
+def test_line_breaks_inside_an_explanation_are_kept(artemis_dir: Path) -> None:
+    write_image(artemis_dir / "wikiart" / "Cubism" / "p.jpg")
+    text = 'Cubism,p,awe,"the sky, vast\nand calm,\nmakes me small",1\n'
+    csv_path(artemis_dir).write_text("art_style,painting,emotion,utterance,repetition\n" + text)
+    data = load_artemis(DataSource.resolve(data=str(artemis_dir)))
+    assert data.report.rows_kept == 1 and data.report.skipped["unbalanced_quote"] == 0
+    assert data.paintings[0].annotations[0].utterance == "the sky, vast and calm, makes me small"
 
 
 def test_duplicate_required_column_is_a_clear_error(tmp_path: Path) -> None:
