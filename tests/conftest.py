@@ -66,7 +66,7 @@ class TrainedOnSample:
 @pytest.fixture(scope="session")
 def trained_on_sample(sample, tmp_path_factory: pytest.TempPathFactory) -> TrainedOnSample:
     """``sevlm train`` on the sample with the tiny preset's defaults, as a user runs it: about
-    seven minutes on 2 cores, so once per session, for the tests of what it learned and of
+    four minutes on 2 cores, so once per session, for the tests of what it learned and of
     evaluating and explaining it."""
     root = tmp_path_factory.mktemp("trained")
     ray_tmp = tempfile.mkdtemp(prefix="sevlm-ray-", dir="/tmp")  # Unix sockets: short paths
