@@ -19,6 +19,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from sevlm.config import ModelConfig
 from sevlm.losses import contrastive_loss, masked_mean
+from sevlm.sequences import IGNORE_INDEX
 
 KV = tuple[Tensor, Tensor]
 
@@ -280,8 +281,9 @@ class SEVLM(nn.Module):
             memory.repeat_interleave(pair, dim=0),
         )  # fmt: skip
         targets = flat["labels"][:, 1:]
-        lm_loss = self._lm_loss(hidden[:, :-1], targets)
-        counts = {"lm_loss": int((targets != -100).sum())}
+        known = targets != IGNORE_INDEX
+        lm_loss = self._lm_loss(hidden[:, :-1], targets, known)
+        counts = {"lm_loss": int(known.sum())}
         loss, vad_loss, cl_loss = lm_loss, None, None
         if self.vad_head is not None:
             known = flat["vad_mask"][:, 1:]
@@ -298,11 +300,10 @@ class SEVLM(nn.Module):
         return SEVLMOutput(loss, lm_loss, vad_loss, cl_loss, counts)
 
     @torch.compiler.disable  # its size depends on the labels: left out of compiled graphs
-    def _lm_loss(self, hidden: Tensor, targets: Tensor) -> Tensor:
-        """Next-token cross-entropy, the LM head run only where there is a target: a third
-        of a batch's positions are padding, and the 50k-word head is most of a small model's
-        step."""
-        known = targets != -100
+    def _lm_loss(self, hidden: Tensor, targets: Tensor, known: Tensor) -> Tensor:
+        """Next-token cross-entropy, the LM head run only where there is a target (``known``):
+        a third of a batch's positions are padding, and the 50k-word head is most of a small
+        model's step."""
         logits = self.logits(hidden[known]).float()
         return F.cross_entropy(logits, targets[known])
 
