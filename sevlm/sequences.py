@@ -12,13 +12,16 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from transformers import PreTrainedTokenizerBase
 
 from sevlm.emotions import EMOTION_TO_INDEX
 from sevlm.lexicon import VADLexicon
 from sevlm.tokenizer import EMOTION_TOKEN, EXPLANATION_TOKEN
+
+if TYPE_CHECKING:  # a type only: data stages import this module in fresh processes
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT = " the emotion is"
 """The text after ``<bos>`` that every sequence starts with; generation starts from it."""
