@@ -30,7 +30,7 @@ Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU, else the training p
 resident memory (RSS, its whole footprint).
 The encoder is frozen in every setting, as in the paper's preset, so that the cache applies.
 The cache is written through Ray Data as the trainer writes it; where Ray is not installed (a
-GPU machine with PyTorch only), by :func:`sevlm.training.cache_features_in_process`, which
+GPU machine with PyTorch only), by :func:`sevlm.frozen_encoder.cache_features_in_process`, which
 writes the same files; the ``ray`` setting then cannot run.
 """
 
@@ -56,9 +56,10 @@ from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig, preset_values
 from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records, pass_epochs
 from sevlm.feature_cache import FeatureCache, attach_features
+from sevlm.frozen_encoder import cache_features_in_process
 from sevlm.sample import cached_sample
 from sevlm.tokenizer import load_tokenizer
-from sevlm.training import Stepper, cache_features_in_process, to_device
+from sevlm.training import Stepper, to_device
 from sevlm.weights import build_model
 
 SETTINGS = ("released", "ours", "ray", "compiled", "uncached", "eager")
@@ -269,7 +270,7 @@ def build_cache(args: argparse.Namespace) -> Path:
         )  # fmt: skip
     import ray
 
-    from sevlm.pipeline import cache_features
+    from sevlm.frozen_encoder import cache_features
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:

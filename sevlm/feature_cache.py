@@ -1,10 +1,10 @@
 """A cache of a frozen image encoder's features, so sweep trials never run the encoder.
 
 With the encoder frozen (the paper's preset), its output for a painting is the same in every
-epoch of every trial. It is computed once (:func:`sevlm.pipeline.cache_features` with Ray
-Data, or :func:`sevlm.training.cache_features_in_process` without) and stored here: one folder
-per key, the key naming everything the features depend on (encoder, its weights, image size
-and statistics, the images themselves, the storage dtype).
+epoch of every trial. It is computed once (:mod:`sevlm.frozen_encoder`, with Ray Data or in
+one process) and stored here: one folder per key, the key naming everything the features
+depend on (encoder, its weights, image size and statistics, the images themselves, the
+storage dtype; :func:`sevlm.frozen_encoder.cache_key`).
 
 Layout of ``<root>/<digest>/``:
 
@@ -16,12 +16,12 @@ Layout of ``<root>/<digest>/``:
 
 A folder is filled under a temporary name in ``<root>`` and renamed into place, so a folder
 named by its digest is complete; a half-written one (a crash, a kill) is never opened.
-No Ray here: the pipeline, the training workers and tests all read the same files.
+No Ray and no torch here: the Ray Data tasks that read a cache import this module in fresh
+worker processes, and torch alone would take seconds there.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -32,50 +32,18 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor, nn
-
-from sevlm.config import ModelConfig
-from sevlm.model import ImageEncoder
-from sevlm.tokenizer import load_tokenizer
-from sevlm.weights import build_model
-
-if TYPE_CHECKING:
-    from sevlm.examples import ExampleConfig
 
 FORMAT_VERSION = 1
 """Bumped whenever what a cache holds, or how, changes: older caches then miss."""
 FEATURES_FILE, KEYS_FILE, META_FILE = "features.npy", "keys.json", "meta.json"
 DTYPE = np.float16
-VISION_FIELDS = (
-    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "image_size", "patch_size", "num_channels", "hidden_act", "layer_norm_eps",
-)  # fmt: skip
-"""Encoder settings that change its output without changing its weights' shapes."""
-
 Dropped = dict[str, list[str]]
 
 
 # ---- the key ----
-
-
-def encoder_name(config: ModelConfig) -> str:
-    """Where the encoder's weights came from: a hub name or folder, else random init."""
-    return config.vision_weights or f"random:{config.name}"
-
-
-def weights_hash(encoder: ImageEncoder) -> str:
-    """SHA-256 of the CLIP tower's tensors (names, dtypes, shapes and bytes, in name order):
-    a random-initialised encoder is named by its seed only through this."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.clip.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def data_fingerprint(images: Mapping[str, str]) -> str:
@@ -93,61 +61,9 @@ def data_fingerprint(images: Mapping[str, str]) -> str:
     return digest.hexdigest()
 
 
-def cache_key(
-    encoder: ImageEncoder, example: ExampleConfig, name: str, data: str = ""
-) -> dict[str, Any]:
-    """Everything a cached feature depends on. ``name``: :func:`encoder_name`; ``data``:
-    :func:`data_fingerprint` of the cached images."""
-    config = encoder.clip.config
-    return {
-        "format": FORMAT_VERSION,
-        "encoder": name,
-        "weights_sha256": weights_hash(encoder),
-        "vision": {k: getattr(config, k, None) for k in VISION_FIELDS},
-        "image_size": example.image_size,
-        "mean": encoder.pixel_mean.flatten().tolist(),
-        "std": encoder.pixel_std.flatten().tolist(),
-        "dtype": np.dtype(DTYPE).name,
-        "data": data,
-    }
-
-
 def key_digest(key: dict[str, Any]) -> str:
     """The folder name of a key: a short hash of its canonical JSON."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def training_encoder(config: ModelConfig, seed: int) -> ImageEncoder:
-    """The image encoder a training worker builds (``sevlm_train.loop``): the same seed, then
-    the same model, so a random-initialised frozen encoder has the same weights, hence key.
-    The decoder's pretrained weights are not fetched (they are loaded after every random
-    draw, so they change nothing here); the caller's random state is left as it was."""
-    tokenizer = load_tokenizer(config.tokenizer)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(dataclasses.replace(config, decoder_weights=None), tokenizer)
-    return model.image_encoder
-
-
-def planned_cache(
-    records: Mapping[str, list], example: ExampleConfig, config: ModelConfig, seed: int
-) -> tuple[ImageEncoder, dict[str, Any]]:
-    """The encoder a training worker builds with ``config`` and ``seed``, and the cache key of
-    its features of the images of ``records`` (painting records: ``key`` and ``image``)."""
-    encoder = training_encoder(config, seed)
-    fingerprint = data_fingerprint(dict(zip(records["key"], records["image"], strict=True)))
-    return encoder, cache_key(encoder, example, encoder_name(config), fingerprint)
-
-
-def encoder_features(encoder: ImageEncoder, pixel_values: Tensor) -> Tensor:
-    """What the cache stores: the encoder's tokens before ``proj`` (a trained layer when the
-    encoder's width differs from the decoder's)."""
-    proj = encoder.proj
-    encoder.proj = nn.Identity()
-    try:
-        return encoder(pixel_values)
-    finally:
-        encoder.proj = proj
 
 
 # ---- reading ----

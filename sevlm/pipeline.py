@@ -4,27 +4,26 @@ Painting records go to Ray Data through ``ray.data.from_huggingface``; decoding 
 are ``map_batches`` stages with fractional CPUs, so they share a small machine with training
 workers. Images that fail to decode are dropped and counted by a zero-CPU actor.
 
-With a frozen encoder, :func:`cache_features` runs it once over the images (an actor pool,
-on GPUs when the cluster has them) into a :mod:`sevlm.feature_cache`, and
-``build_pipeline(..., features=folder)`` reads features from it instead of decoding pixels.
+With a frozen encoder, :func:`sevlm.frozen_encoder.cache_features` runs it once over the
+images into a :mod:`sevlm.feature_cache`, and ``build_pipeline(..., features=folder)`` reads
+features from it instead of decoding pixels.
+
+Ray Data runs this module's stages, and the drop counter, in fresh worker processes, which
+import what the stages reference: this module and what it imports stay free of torch and
+transformers (about 4 s of imports per process on 2 CPUs; bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import datasets
-import numpy as np
 import ray
-import torch
 from ray.data import RandomSeedConfig
 
 from sevlm.artemis import SPLITS, ArtemisData
-from sevlm.config import ModelConfig
 from sevlm.examples import (
     ExampleConfig,
     decode_batch,
@@ -32,14 +31,7 @@ from sevlm.examples import (
     epoch_records,
     painting_records,
 )
-from sevlm.feature_cache import (
-    attach_features,
-    cached_or_written,
-    load_cached,
-    planned_cache,
-)
-from sevlm.model import ImageEncoder
-from sevlm.training import frozen_features
+from sevlm.feature_cache import attach_features, load_cached
 
 
 @ray.remote(num_cpus=0)
@@ -112,9 +104,9 @@ def build_pipeline(
     Each decode task decodes a batch with ``decode_threads`` threads (see
     :data:`DECODE_THREADS`).
 
-    With ``features`` (a feature cache folder, see :func:`cache_features`) rows carry the
-    cached ``image_features`` instead of ``pixel_values``: no image is decoded. Paintings the
-    cache lacks are dropped and counted by the reason it recorded.
+    With ``features`` (a feature cache folder, see :func:`sevlm.frozen_encoder.cache_features`)
+    rows carry the cached ``image_features`` instead of ``pixel_values``: no image is decoded.
+    Paintings the cache lacks are dropped and counted by the reason it recorded.
 
     Every dataset delivers its rows in the order of its records (``preserve_order``), not in
     the order its tasks happen to finish: the same seed gives the same batches on a busy
@@ -128,12 +120,12 @@ def build_pipeline(
 
     def decode(batch: dict) -> dict:  # Ray Data names the stage after the function
         out, dropped = decode_batch(batch, config, decode_threads)
-        _report_drops(counter, dropped)
+        report_drops(counter, dropped)
         return out
 
     def lookup(batch: dict) -> dict:
         out, dropped = attach_features(batch, load_cached(str(features)))
-        _report_drops(counter, dropped)
+        report_drops(counter, dropped)
         return out
 
     def encode(batch: dict) -> dict:
@@ -163,7 +155,7 @@ def build_pipeline(
     return Pipeline(result, counter)
 
 
-def _report_drops(counter: ray.actor.ActorHandle, dropped: dict[str, list[str]]) -> None:
+def report_drops(counter: ray.actor.ActorHandle, dropped: dict[str, list[str]]) -> None:
     """Tell ``counter`` the keys a stage dropped, by reason (waiting: none is lost if the
     task ends right after)."""
     for reason, keys in dropped.items():
@@ -199,97 +191,3 @@ def block_count(rows: int, batch_size: int, tasks: int) -> int:
     start (each imports torch) again."""
     by_batches = math.ceil(rows / (16 * batch_size))
     return max(1, min(math.ceil(rows / batch_size), max(4 * tasks, by_batches)))
-
-
-# ---- the frozen encoder's feature cache ----
-
-
-class EncoderActor:
-    """Ray Data actor: pixels -> fp16 encoder features (before the projection), keyed.
-
-    The encoder comes from the model config and the driver's weights, passed through the
-    object store (``state``: a one-element list holding the reference), so every actor runs
-    the very weights the cache key was computed from, and none fetches from a model hub.
-    """
-
-    def __init__(self, model: dict[str, Any], state: list[ray.ObjectRef]) -> None:
-        config = ModelConfig.from_dict(model).without_pretrained()
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.encoder = ImageEncoder(config)
-        self.encoder.clip.load_state_dict(ray.get(state[0]))
-        self.encoder.to(self.device).eval()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        features = frozen_features(self.encoder, batch["pixel_values"], self.device)
-        return {"key": batch["key"], "features": features}
-
-
-def cache_features(
-    data: ArtemisData,
-    example: ExampleConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    root: Path | str,
-    *,
-    splits: tuple[str, ...] = ("train", "val"),
-    batch_size: int = 32,
-    num_cpus: float = 0.25,
-    printer: Callable[[str], None] = print,
-) -> Path:
-    """The feature cache folder of ``splits`` for the encoder a training worker builds with
-    ``model_cfg`` and ``seed``; computed with Ray Data unless it is there already.
-
-    Images are decoded by fractional-CPU tasks, :data:`DECODE_THREADS` threads each (failures
-    dropped, counted and recorded in the cache), and encoded by an actor pool: one actor per
-    GPU of the cluster, else one.
-    """
-    records = painting_records([p for s in splits for p in data.split(s)])
-    encoder, key = planned_cache(records, example, model_cfg, seed)
-
-    def encode():
-        counter = DropCounter.remote()
-        batches = _encoded(records, example, model_cfg, encoder, counter, batch_size, num_cpus)
-        return batches, lambda: ray.get(counter.get_keys.remote())
-
-    what = f"paintings ({', '.join(splits)})"
-    return cached_or_written(root, key, len(records["key"]), encode, printer, what)
-
-
-def _encoded(
-    records: dict[str, list],
-    example: ExampleConfig,
-    model_cfg: ModelConfig,
-    encoder: ImageEncoder,
-    counter: ray.actor.ActorHandle,
-    batch_size: int,
-    num_cpus: float,
-) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Stream ``(keys, features)`` batches: decode tasks, then the encoder's actor pool."""
-
-    def decode(batch: dict) -> dict:
-        out, dropped = decode_batch(batch, example, DECODE_THREADS)
-        _report_drops(counter, dropped)
-        return {"key": out["key"], "pixel_values": out["pixel_values"]}
-
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    state = ray.put({k: v.detach().cpu() for k, v in encoder.clip.state_dict().items()})
-    tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = block_count(len(records["key"]), batch_size, tasks)
-    ds = ray.data.from_huggingface(datasets.Dataset.from_dict(records), override_num_blocks=blocks)
-    ds = ds.map_batches(
-        decode,
-        batch_size=batch_size,
-        batch_format="numpy",
-        num_cpus=num_cpus,
-        compute=ray.data.TaskPoolStrategy(size=tasks),
-    ).map_batches(
-        EncoderActor,
-        fn_constructor_kwargs={"model": model_cfg.to_dict(), "state": [state]},
-        compute=ray.data.ActorPoolStrategy(size=max(1, gpus)),
-        num_gpus=1 if gpus else 0,
-        num_cpus=1.0 if gpus else 0.5,
-        batch_size=batch_size,
-        batch_format="numpy",
-    )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        yield [str(k) for k in batch["key"]], batch["features"]

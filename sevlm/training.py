@@ -8,28 +8,20 @@ The Ray Train loop (``sevlm_train``) and a plain single-process run call the sam
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from sevlm.artemis import ArtemisData, Painting
-from sevlm.config import ModelConfig, TrainConfig
-from sevlm.examples import ExampleConfig, decode_batch, iter_batches, painting_records
-from sevlm.feature_cache import (
-    Dropped,
-    FeatureCache,
-    cached_or_written,
-    encoder_features,
-    planned_cache,
-)
+from sevlm.artemis import Painting
+from sevlm.config import TrainConfig
+from sevlm.examples import ExampleConfig, iter_batches
+from sevlm.feature_cache import FeatureCache
 from sevlm.generate import Decoder
 from sevlm.metrics import bleu, emotion_accuracy
-from sevlm.model import SEVLM, ImageEncoder
+from sevlm.model import SEVLM
 
 MODEL_INPUTS = ("pixel_values", "input_ids", "labels", "segment_ids", "vad", "vad_mask", "has_pair")
 LOSS_TERMS = ("loss", "lm_loss", "vad_loss", "cl_loss")
@@ -185,61 +177,6 @@ def image_memory(model: SEVLM, tensors: dict[str, torch.Tensor]) -> torch.Tensor
         features = tensors[IMAGE_FEATURES].to(model.wte.weight.dtype)
         return model.image_encoder.proj(features)
     return model.encode_images(tensors["pixel_values"])
-
-
-# ---------------------------------------------------------------------------------------------
-# The frozen encoder's feature cache, in one process
-
-
-def frozen_features(
-    encoder: ImageEncoder, pixels: np.ndarray | torch.Tensor, device: torch.device
-) -> np.ndarray:
-    """What the feature cache stores for a batch of pixels: fp16 encoder tokens before the
-    projection, computed under autocast where ``device`` has it (fp32 on CPU)."""
-    dtype = autocast_dtype("auto", device)
-    pixels = torch.as_tensor(pixels).to(device, non_blocking=True)
-    with torch.no_grad(), torch.autocast(device.type, dtype or torch.float32, dtype is not None):
-        features = encoder_features(encoder, pixels)
-    return features.to(torch.float16).cpu().numpy()
-
-
-def cache_features_in_process(
-    data: ArtemisData,
-    example: ExampleConfig,
-    model_cfg: ModelConfig,
-    seed: int,
-    root: Path | str,
-    *,
-    splits: tuple[str, ...] = ("train", "val"),
-    batch_size: int = 32,
-    device: torch.device | None = None,
-    printer: Callable[[str], None] = print,
-) -> Path:
-    """:func:`sevlm.pipeline.cache_features` without Ray: the same key, hence the same folder,
-    with the images decoded and encoded here, on ``device`` (default: CUDA when there is one).
-    Images that cannot be read are left out and recorded in the cache by reason."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    records = painting_records([p for s in splits for p in data.split(s)])
-    encoder, key = planned_cache(records, example, model_cfg, seed)
-    total = len(records["key"])
-
-    def encode():
-        encoder.to(device).eval()
-        dropped: Dropped = {}
-
-        def batches():
-            for start in range(0, total, batch_size):
-                batch = {k: v[start : start + batch_size] for k, v in records.items()}
-                decoded, lost = decode_batch(batch, example)
-                for reason, keys in lost.items():
-                    dropped.setdefault(reason, []).extend(keys)
-                if len(decoded["key"]):
-                    yield decoded["key"], frozen_features(encoder, decoded["pixel_values"], device)
-
-        return batches(), lambda: dropped
-
-    what = f"paintings ({', '.join(splits)})"
-    return cached_or_written(root, key, total, encode, printer, what)
 
 
 # ---------------------------------------------------------------------------------------------

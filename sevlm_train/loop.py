@@ -31,7 +31,8 @@ import torch.distributed as dist
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
 from sevlm.examples import ExampleConfig, encode_batch, pass_epochs
-from sevlm.feature_cache import FeatureCache, cache_key, encoder_name, key_digest
+from sevlm.feature_cache import FeatureCache, key_digest
+from sevlm.frozen_encoder import cache_key, encoder_name
 from sevlm.generate import Decoder
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.model import SEVLM

@@ -16,21 +16,18 @@ import torch
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import ModelConfig
 from sevlm.examples import ExampleConfig, iter_batches
-from sevlm.feature_cache import (
-    META_FILE,
-    FeatureCache,
+from sevlm.feature_cache import META_FILE, FeatureCache, data_fingerprint, key_digest, write_cache
+from sevlm.frozen_encoder import (
+    cache_features_in_process,
     cache_key,
-    data_fingerprint,
     encoder_features,
     encoder_name,
-    key_digest,
     training_encoder,
-    write_cache,
 )
 from sevlm.generate import Decoder
 from sevlm.lexicon import read_lexicon
 from sevlm.tokenizer import load_tokenizer
-from sevlm.training import cache_features_in_process, evaluate_shard, reduce_eval, to_device
+from sevlm.training import evaluate_shard, reduce_eval, to_device
 from sevlm.weights import build_model
 
 CPU = torch.device("cpu")
@@ -230,13 +227,13 @@ def with_broken_image(loaded: ArtemisData, folder: Path) -> tuple[ArtemisData, s
 def test_cache_features_with_ray_data_then_a_hit(
     ray_local, data, example, encoder, tmp_path, monkeypatch
 ) -> None:
-    from sevlm import pipeline
+    from sevlm import frozen_encoder, pipeline
 
     _, loaded = data
     broken, bad_key = with_broken_image(loaded, tmp_path)
     lines: list[str] = []
     root = tmp_path / "cache"
-    path = pipeline.cache_features(
+    path = frozen_encoder.cache_features(
         broken, example, FROZEN, 0, root, batch_size=16, printer=lines.append
     )
     cache = FeatureCache.load(path)
@@ -252,13 +249,13 @@ def test_cache_features_with_ray_data_then_a_hit(
     def no_encoding(*args, **kwargs):
         raise AssertionError("encoded again")
 
-    monkeypatch.setattr(pipeline, "_encoded", no_encoding)
+    monkeypatch.setattr(frozen_encoder, "_encoded", no_encoding)
     lines.clear()
-    again = pipeline.cache_features(broken, example, FROZEN, 0, root, printer=lines.append)
+    again = frozen_encoder.cache_features(broken, example, FROZEN, 0, root, printer=lines.append)
     assert again == path and any("feature cache hit" in line for line in lines)
     assert [p.name for p in root.iterdir()] == [path.name]
     # the in-process builder keys the same features alike: it finds Ray's cache
-    monkeypatch.setattr("sevlm.training.decode_batch", no_encoding)
+    monkeypatch.setattr(frozen_encoder, "decode_batch", no_encoding)
     assert cache_features_in_process(broken, example, FROZEN, 0, root, printer=print) == path
 
     # the training pipeline reads the features; the painting left out is counted as such
