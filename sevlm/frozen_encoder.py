@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import ray
 import torch
@@ -32,7 +31,7 @@ from sevlm.feature_cache import (
     data_fingerprint,
 )
 from sevlm.model import ImageEncoder
-from sevlm.pipeline import DECODE_THREADS, DropCounter, block_count, report_drops
+from sevlm.pipeline import DECODE_THREADS, DropCounter, records_dataset, report_drops
 from sevlm.tokenizer import load_tokenizer
 from sevlm.training import autocast_dtype
 from sevlm.weights import build_model
@@ -242,8 +241,7 @@ def _encoded(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     state = ray.put({k: v.detach().cpu() for k, v in encoder.clip.state_dict().items()})
     tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    blocks = block_count(len(records["key"]), batch_size, tasks)
-    ds = ray.data.from_huggingface(datasets.Dataset.from_dict(records), override_num_blocks=blocks)
+    ds = records_dataset(records, batch_size, tasks)
     ds = ds.map_batches(
         decode,
         batch_size=batch_size,

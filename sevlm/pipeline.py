@@ -1,8 +1,8 @@
 """The Ray Data pipeline: dataset splits -> Ray Datasets of model inputs.
 
-Painting records go to Ray Data through ``ray.data.from_huggingface``; decoding and tokenizing
-are ``map_batches`` stages with fractional CPUs, so they share a small machine with training
-workers. Images that fail to decode are dropped and counted by a zero-CPU actor.
+Painting records go to Ray Data as Arrow blocks (:func:`records_dataset`); decoding and
+tokenizing are ``map_batches`` stages with fractional CPUs, so they share a small machine with
+training workers. Images that fail to decode are dropped and counted by a zero-CPU actor.
 
 With a frozen encoder, :func:`sevlm.frozen_encoder.cache_features` runs it once over the
 images into a :mod:`sevlm.feature_cache`, and ``build_pipeline(..., features=folder)`` reads
@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
+import pyarrow as pa
 import ray
 from ray.data import RandomSeedConfig
 
@@ -137,9 +137,7 @@ def build_pipeline(
         records = painting_records(data.split(split))
         if epochs_per_pass > 1:  # epoch is None: checked above
             records = epoch_records(records, epochs_per_pass, config.seed)
-        table = datasets.Dataset.from_dict(records)
-        blocks = block_count(len(table), batch_size, tasks)
-        ds = ray.data.from_huggingface(table, override_num_blocks=blocks)
+        ds = records_dataset(records, batch_size, tasks)
         if epoch is None and epochs_per_pass == 1:
             # the records, not the pixels; its tasks still cost about 5 s a read on 2 CPUs
             # (bench/RESULTS.md), the price of chance-level batch mixing at ArtEmis's size
@@ -153,6 +151,20 @@ def build_pipeline(
         result[split] = ds.map_batches(decode if features is None else lookup, **opts)
         result[split].context.execution_options.preserve_order = True
     return Pipeline(result, counter)
+
+
+def records_dataset(records: dict[str, list], batch_size: int, tasks: int) -> ray.data.Dataset:
+    """Records (columns of equal length) as a Ray Dataset of :func:`block_count` Arrow blocks,
+    slices of one table in record order.
+
+    Made with ``from_blocks``, which reads each block's size and schema here: ``from_arrow``
+    and ``from_huggingface`` ask a Ray task for them, which took 1 to 2 s in the fresh process
+    of each sweep trial (bench/RESULTS.md)."""
+    table = pa.Table.from_pydict(records)
+    rows = table.num_rows
+    size = max(1, math.ceil(rows / block_count(rows, batch_size, tasks)))
+    starts = range(0, max(rows, 1), size)
+    return ray.data.from_blocks([table.slice(start, size) for start in starts])
 
 
 def report_drops(counter: ray.actor.ActorHandle, dropped: dict[str, list[str]]) -> None:
