@@ -170,3 +170,19 @@ def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monke
     assert len(trained_batches(trace)) == 6
     assert again.run_id == outcome.run_id
     assert load_pretrained(again.model_dir).info["metrics"]["step"] == outcome.metrics["step"]
+
+
+def test_one_node_runs_get_the_quick_train_settings_only_while_they_start(monkeypatch):
+    from sevlm_train.driver import train_env
+
+    watcher, interval = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    monkeypatch.delenv(watcher, raising=False)
+    monkeypatch.setenv(interval, "3")  # the user's own setting wins
+    with train_env(one_node=True):
+        assert os.environ[watcher] == "0" and os.environ[interval] == "3"
+    assert watcher not in os.environ and os.environ[interval] == "3"
+    with train_env(one_node=False):  # a cluster of several nodes keeps Ray's defaults
+        assert watcher not in os.environ
+    with pytest.raises(RuntimeError), train_env(one_node=True):
+        raise RuntimeError("a failed fit")
+    assert watcher not in os.environ
