@@ -2,7 +2,7 @@
 every trial in MLflow.
 
 With no arguments: the embedded sample (written on first use into a cache folder), the tiny
-preset and a sweep sized to finish in 10 to 21 minutes on two CPU cores. On a cluster:
+preset and a sweep sized to finish in 8 to 21 minutes on two CPU cores. On a cluster:
 
     ray job submit --working-dir . -- python tune/search.py --data /shared/artemis \\
         --preset paper --storage /shared/ray --output /shared/runs \\
