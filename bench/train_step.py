@@ -270,7 +270,7 @@ def build_cache(args: argparse.Namespace) -> Path:
         )  # fmt: skip
     import ray
 
-    from sevlm.frozen_encoder import cache_features
+    from sevlm.feature_encoding import cache_features
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:

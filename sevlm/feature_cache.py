@@ -1,10 +1,10 @@
 """A cache of a frozen image encoder's features, so sweep trials never run the encoder.
 
 With the encoder frozen (the paper's preset), its output for a painting is the same in every
-epoch of every trial. It is computed once (:mod:`sevlm.frozen_encoder`, with Ray Data or in
-one process) and stored here: one folder per key, the key naming everything the features
-depend on (encoder, its weights, image size and statistics, the images themselves, the
-storage dtype; :func:`sevlm.frozen_encoder.cache_key`).
+epoch of every trial. It is computed once (:mod:`sevlm.feature_encoding` with Ray Data, or
+:mod:`sevlm.frozen_encoder` in one process) and stored here: one folder per key, the key
+naming everything the features depend on (encoder, its weights, image size and statistics,
+the images themselves, the storage dtype; :func:`sevlm.frozen_encoder.cache_key`).
 
 Layout of ``<root>/<digest>/``:
 

@@ -4,7 +4,7 @@ Painting records go to Ray Data as Arrow blocks (:func:`records_dataset`); decod
 tokenizing are ``map_batches`` stages with fractional CPUs, so they share a small machine with
 training workers. Images that fail to decode are dropped and counted by a zero-CPU actor.
 
-With a frozen encoder, :func:`sevlm.frozen_encoder.cache_features` runs it once over the
+With a frozen encoder, :func:`sevlm.feature_encoding.cache_features` runs it once over the
 images into a :mod:`sevlm.feature_cache`, and ``build_pipeline(..., features=folder)`` reads
 features from it instead of decoding pixels.
 
@@ -104,7 +104,7 @@ def build_pipeline(
     Each decode task decodes a batch with ``decode_threads`` threads (see
     :data:`DECODE_THREADS`).
 
-    With ``features`` (a feature cache folder, see :func:`sevlm.frozen_encoder.cache_features`)
+    With ``features`` (a feature cache folder, see :func:`sevlm.feature_encoding.cache_features`)
     rows carry the cached ``image_features`` instead of ``pixel_values``: no image is decoded.
     Paintings the cache lacks are dropped and counted by the reason it recorded.
 

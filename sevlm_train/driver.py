@@ -28,7 +28,7 @@ from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
 from sevlm.examples import ExampleConfig
 from sevlm.feature_cache import FeatureCache
-from sevlm.frozen_encoder import cache_features
+from sevlm.feature_encoding import cache_features
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.pipeline import build_pipeline, epochs_per_pass
 from sevlm.sample import cache_root

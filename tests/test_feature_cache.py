@@ -227,13 +227,13 @@ def with_broken_image(loaded: ArtemisData, folder: Path) -> tuple[ArtemisData, s
 def test_cache_features_with_ray_data_then_a_hit(
     ray_local, data, example, encoder, tmp_path, monkeypatch
 ) -> None:
-    from sevlm import frozen_encoder, pipeline
+    from sevlm import feature_encoding, frozen_encoder, pipeline
 
     _, loaded = data
     broken, bad_key = with_broken_image(loaded, tmp_path)
     lines: list[str] = []
     root = tmp_path / "cache"
-    path = frozen_encoder.cache_features(
+    path = feature_encoding.cache_features(
         broken, example, FROZEN, 0, root, batch_size=16, printer=lines.append
     )
     cache = FeatureCache.load(path)
@@ -249,9 +249,9 @@ def test_cache_features_with_ray_data_then_a_hit(
     def no_encoding(*args, **kwargs):
         raise AssertionError("encoded again")
 
-    monkeypatch.setattr(frozen_encoder, "_encoded", no_encoding)
+    monkeypatch.setattr(feature_encoding, "_encoded", no_encoding)
     lines.clear()
-    again = frozen_encoder.cache_features(broken, example, FROZEN, 0, root, printer=lines.append)
+    again = feature_encoding.cache_features(broken, example, FROZEN, 0, root, printer=lines.append)
     assert again == path and any("feature cache hit" in line for line in lines)
     assert [p.name for p in root.iterdir()] == [path.name]
     # the in-process builder keys the same features alike: it finds Ray's cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,22 @@ def test_a_one_epoch_pass_is_shuffled_anew_for_every_read(ray_local, sample) -> 
         assert sum(a < b for a, b in itertools.pairwise(read)) < 0.75 * (len(read) - 1)
     shared = set(itertools.pairwise(first)) & set(itertools.pairwise(second))
     assert len(shared) < 0.25 * (len(first) - 1)  # each read (epoch) its own order
+
+
+def run_python(code: str) -> str:
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_stage_modules_stay_light_and_the_in_process_cache_needs_no_ray():
+    """Ray runs the pipeline's stages in fresh processes that import what the stages use:
+    torch or transformers there cost seconds per process (bench/RESULTS.md). The in-process
+    feature cache runs on machines without Ray (bench/train_step.py on a GPU machine)."""
+    heavy = run_python(
+        "import sys, sevlm.pipeline; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))"
+    )
+    assert heavy == "[]"
+    no_ray = "import sys; sys.modules['ray'] = None; import sevlm.frozen_encoder, sevlm.training"
+    run_python(no_ray)  # sys.modules["ray"] = None: any import of ray raises
