@@ -16,16 +16,12 @@ transformers (about 4 s of imports per process on 2 CPUs; bench/RESULTS.md).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import ray
 from ray.data import RandomSeedConfig
-from ray.util.annotations import RayDeprecationWarning
-from ray.util.placement_group import PlacementGroup
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from sevlm.artemis import SPLITS, ArtemisData
 from sevlm.examples import (
@@ -59,9 +55,6 @@ class DropCounter:
         return {reason: sorted(keys) for reason, keys in sorted(self.keys.items())}
 
 
-TASK_CPUS = 0.25
-"""CPUs of each stage's task by default: a fraction, so that the tasks share a small machine
-with training workers."""
 DECODE_THREADS = 2
 """Threads that decode the images of a batch in each decode task (Pillow releases the GIL while
 it decodes). Ray Data notices that a task has ended only at its next poll (0.1 s timeout;
@@ -88,11 +81,10 @@ def build_pipeline(
     epoch: int | None = 0,
     splits: tuple[str, ...] = SPLITS,
     batch_size: int = 32,
-    num_cpus: float = TASK_CPUS,
+    num_cpus: float = 0.25,
     features: Path | str | None = None,
     epochs_per_pass: int = 1,
     decode_threads: int = DECODE_THREADS,
-    placement: PlacementGroup | None = None,
 ) -> Pipeline:
     """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``.
 
@@ -115,10 +107,6 @@ def build_pipeline(
     With ``features`` (a feature cache folder, see :func:`sevlm.feature_encoding.cache_features`)
     rows carry the cached ``image_features`` instead of ``pixel_values``: no image is decoded.
     Paintings the cache lacks are dropped and counted by the reason it recorded.
-
-    With a ``placement`` group, the tasks run in its bundles after the first (a search
-    trial's group: the first bundle is the trial's own), and Ray Data budgets the datasets by
-    the group's resources (see :func:`task_placement`).
 
     Every dataset delivers its rows in the order of its records (``preserve_order``), not in
     the order its tasks happen to finish: the same seed gives the same batches on a busy
@@ -144,55 +132,25 @@ def build_pipeline(
         return encode_batch(batch, config, epoch)
 
     tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    at_once, strategy = tasks, None
-    if placement is not None and placement.bundle_specs[1:]:
-        at_once, num_cpus, strategy = task_placement(placement)
     result = {}
     for split in splits:
         records = painting_records(data.split(split))
         if epochs_per_pass > 1:  # epoch is None: checked above
             records = epoch_records(records, epochs_per_pass, config.seed)
-        ds = records_dataset(records, batch_size, tasks)  # with or without a group: same batches
+        ds = records_dataset(records, batch_size, tasks)
         if epoch is None and epochs_per_pass == 1:
             # the records, not the pixels; its tasks still cost about 5 s a read on 2 CPUs
             # (bench/RESULTS.md), the price of chance-level batch mixing at ArtEmis's size
             ds = ds.random_shuffle(seed=RandomSeedConfig(seed=config.seed), num_cpus=num_cpus)
         opts = {
             "batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus,
-            "compute": ray.data.TaskPoolStrategy(size=at_once),
+            "compute": ray.data.TaskPoolStrategy(size=tasks),
         }  # fmt: skip
         if epoch is not None:
             ds = ds.map_batches(encode, **opts)
         result[split] = ds.map_batches(decode if features is None else lookup, **opts)
         result[split].context.execution_options.preserve_order = True
-        if strategy is not None:
-            with warnings.catch_warnings():  # see task_placement
-                warnings.simplefilter("ignore", RayDeprecationWarning)
-                result[split].context.scheduling_strategy = strategy
-                result[split].context.scheduling_strategy_large_args = strategy
     return Pipeline(result, counter)
-
-
-def task_placement(group: PlacementGroup) -> tuple[int, float, PlacementGroupSchedulingStrategy]:
-    """Tasks at once (one per bundle after the first), CPUs per task (as without a group, or
-    less where a bundle holds less) and the scheduling strategy of a pipeline whose tasks run
-    in ``group``'s bundles after the first. Ray Data runs them one at a time unless the
-    bundles hold object store memory too (which a search trial's do not: see
-    :func:`sevlm_train.driver.data_task_bundles`).
-
-    Why a placement group: Ray Data (2.60) budgets each running dataset by the cluster's CPUs
-    that no one has reserved, split equally among the running datasets in whole CPUs. On a
-    small machine the datasets of concurrent search trials get 0 CPUs each: their tasks run
-    one at a time, and after a minute Ray warns that the job "may hang forever". A dataset
-    whose tasks (both scheduling strategies of its context) run in a placement group is
-    budgeted by the group's bundles instead (bench/RESULTS.md).
-
-    Ray 2.60 marks the context's scheduling strategies deprecated ("Ray Data manages
-    scheduling internally"), with removal planned after January 2027, and has nothing in
-    their place for this; the warning, once per dataset of every trial, is not shown."""
-    bundles = group.bundle_specs[1:]
-    cpus = min(TASK_CPUS, bundles[0]["CPU"])
-    return len(bundles), cpus, PlacementGroupSchedulingStrategy(group)
 
 
 def records_dataset(records: dict[str, list], batch_size: int, tasks: int) -> ray.data.Dataset:

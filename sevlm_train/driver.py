@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
-from ray.util.placement_group import PlacementGroup
 
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
@@ -147,27 +146,6 @@ def scaling_config(
     return config, threads
 
 
-def data_task_bundles(
-    scaling: Scaling, reserved: float, resources: dict[str, float] | None = None
-) -> list[dict[str, float]]:
-    """The placement group bundle a search trial reserves for its Ray Data tasks where its
-    share of the cluster's CPUs, after its workers and its own ``reserved`` CPUs, leaves less
-    than one CPU for them: that fraction. None where a whole CPU or more is left (or nothing).
-
-    Ray Data budgets a dataset by the CPUs nobody reserved, split among the running datasets
-    in whole CPUs: a trial with less than one CPU for its data would get none
-    (:func:`sevlm.pipeline.task_placement` says what follows). A placement group's dataset
-    is budgeted by the group alone, and with no object store in it (Ray's raylet crashed when
-    Tune removed a group that held object store) it runs one task at a time: fine for a
-    fraction of a CPU, not for the many CPUs of a GPU machine's trial (bench/RESULTS.md)."""
-    resources = resources if resources is not None else ray.cluster_resources()
-    config, _ = scaling_config(scaling, resources)
-    share = resources.get("CPU", 1) / scaling.concurrent_runs
-    left = share - reserved - config.num_workers * config.resources_per_worker.get("CPU", 0)
-    cpus = math.floor(left * 1e4) / 1e4  # Ray's resolution: never more than is left
-    return [{"CPU": cpus}] if 0 < cpus < 1 else []
-
-
 def train_data_config(train: ray.data.Dataset) -> ray.train.DataConfig:
     """Ray Train's data config for the training split, keeping the dataset's own execution
     options (rows in record order, :func:`sevlm.pipeline.build_pipeline`); without them
@@ -195,7 +173,6 @@ def run_training(
     callbacks: list | None = None,
     feature_cache: Path | str | None = None,
     rung_gate: RungGate | None = None,
-    placement: PlacementGroup | None = None,
     printer: Printer = print,
 ) -> TrainOutcome:
     """Train one model with Ray Train and MLflow; write the best model to ``output/model``.
@@ -204,9 +181,7 @@ def run_training(
     With a frozen image encoder (and ``train_cfg.feature_cache``), the images are encoded
     once into a feature cache under ``feature_cache`` (default: :func:`feature_cache_root`
     of the storage) and the workers read that instead of running the encoder. A trial of
-    successive halving passes its ``rung_gate``: the workers wait at each rung for its verdict,
-    and its ``placement`` group, whose bundles after the first hold the data tasks
-    (:func:`data_task_bundles`).
+    successive halving passes its ``rung_gate``: the workers wait at each rung for its verdict.
     """
     scaling = scaling or Scaling()
     prep = prep or UtterancePrep()
@@ -257,13 +232,7 @@ def run_training(
                 "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
     per_pass = epochs_per_pass(len(data.split("train")), train_cfg.batch_size, train_cfg.max_steps)
     pipeline = build_pipeline(
-        data,
-        example,
-        epoch=None,
-        splits=("train",),
-        features=features,
-        epochs_per_pass=per_pass,
-        placement=placement,
+        data, example, epoch=None, splits=("train",), features=features, epochs_per_pass=per_pass
     )
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
     trainer = TorchTrainer(

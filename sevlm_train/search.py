@@ -42,7 +42,6 @@ from sevlm.tracking import client_for
 from sevlm_train.driver import (
     Printer,
     Scaling,
-    data_task_bundles,
     ensure_ray,
     feature_cache_root,
     mark_failed,
@@ -114,17 +113,6 @@ def trial_concurrency(
 # ---- one trial ----
 
 
-def trial_resources(
-    scaling: Scaling, resources: dict[str, float] | None = None
-) -> ray.tune.PlacementGroupFactory:
-    """A trial's placement group: its own CPUs, then, on a small machine, a bundle for its
-    Ray Data tasks (:func:`sevlm_train.driver.data_task_bundles`). Tune removes the group with
-    the trial, paused and stopped trials included. The workers have their own, Ray Train's."""
-    return ray.tune.PlacementGroupFactory(
-        [{"CPU": TRIAL_CPU}, *data_task_bundles(scaling, TRIAL_CPU, resources)]
-    )
-
-
 def run_trial(
     config: dict[str, Any], spec: SweepSpec, data: ArtemisData, gate: RungGate | None
 ) -> None:
@@ -149,7 +137,6 @@ def run_trial(
         callbacks=[TuneReportCallback()],
         feature_cache=feature_cache_root(spec.storage),  # one for every trial and sweep there
         rung_gate=dataclasses.replace(gate, trial_id=trial_id) if gate else None,
-        placement=ray.util.get_current_placement_group(),  # Tune's: see trial_resources
         printer=lambda line: print(f"[{trial_id}] {line}", flush=True),
     )
 
@@ -180,7 +167,7 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
     scaling = Scaling(**spec.scaling)
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(run_trial, spec=spec, data=data, gate=_rung_gate(spec)),
-        trial_resources(scaling),
+        {"CPU": TRIAL_CPU},
     )
     path = f"{spec.storage.rstrip('/')}/{spec.name}"
     # Tune saves the sweep's state at most every 10 s by default: a driver killed in that

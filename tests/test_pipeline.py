@@ -194,36 +194,6 @@ def test_a_one_epoch_pass_is_shuffled_anew_for_every_read(ray_local, sample) -> 
     assert len(shared) < 0.25 * (len(first) - 1)  # each read (epoch) its own order
 
 
-def test_tasks_run_in_the_placement_group_they_are_given(ray_local, sample) -> None:
-    """A search trial's data tasks use the CPUs its placement group reserved, one task to a
-    bundle, while every other CPU of the cluster is taken."""
-    import threading
-
-    from ray.util.placement_group import placement_group, remove_placement_group
-
-    from sevlm.pipeline import build_pipeline, task_placement
-
-    data = load_artemis(DataSource.resolve(data=str(sample.out)))
-    group = placement_group([{"CPU": 0.05}, {"CPU": 0.2}, {"CPU": 0.2}])
-    ray_local.get(group.ready(), timeout=60)
-    assert task_placement(group)[:2] == (2, 0.2)
-    blocker = placement_group([{"CPU": ray_local.available_resources()["CPU"]}])
-    rows: list = []
-    try:
-        ray_local.get(blocker.ready(), timeout=60)
-        assert ray_local.available_resources().get("CPU", 0) == 0
-        pipeline = build_pipeline(data, CONFIG, splits=("val",), batch_size=4, placement=group)
-        val = pipeline.datasets["val"]
-        assert val.context.scheduling_strategy.placement_group == group
-        reader = threading.Thread(target=lambda: rows.extend(val.take_all()), daemon=True)
-        reader.start()
-        reader.join(timeout=120)  # outside the group no task could start
-        assert sorted(str(r["key"]) for r in rows) == sorted(p.key for p in data.split("val"))
-    finally:
-        remove_placement_group(blocker)
-        remove_placement_group(group)
-
-
 def run_python(code: str) -> str:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -15,14 +15,8 @@ from sevlm.text import UtterancePrep
 pytest.importorskip("ray")
 from ray.tune.schedulers import ASHAScheduler
 
-from sevlm_train.driver import Scaling, scaling_config
-from sevlm_train.search import (
-    TRIAL_CPU,
-    FinishingASHA,
-    PruningOptunaSearch,
-    trial_concurrency,
-    trial_resources,
-)
+from sevlm_train.driver import Scaling
+from sevlm_train.search import FinishingASHA, PruningOptunaSearch, trial_concurrency
 from sevlm_train.sweep_record import TrialRow, optuna_plots
 from sevlm_train.sweep_spec import load_spec, make_spec, save_spec, tune_space
 
@@ -113,32 +107,6 @@ def test_concurrency_follows_the_cluster():
     assert fits == 3
     assert trial_concurrency({"CPU": 2}, Scaling(), None, said.append) == 2
     assert trial_concurrency({"CPU": 2}, Scaling(num_workers=2), None, said.append) == 1
-
-
-@pytest.mark.parametrize(
-    "resources, scaling, data_cpus",
-    [
-        ({"CPU": 2}, Scaling(), 0.45),  # the quick start: 2 trials, each 0.5 CPU for its worker
-        ({"CPU": 2}, Scaling(num_workers=2), 0.45),
-        ({"CPU": 4, "GPU": 8}, Scaling(num_workers=1), 0.2833),  # 3 trials of 1 GPU worker
-        ({"CPU": 16, "GPU": 1}, Scaling(), None),  # a GPU machine: Ray Data's own budget
-        ({"CPU": 96, "GPU": 8}, Scaling(gpus_per_worker=0.5, num_workers=1), None),
-    ],
-)
-def test_trials_on_small_machines_reserve_their_data_cpus(resources, scaling, data_cpus):
-    scaling.concurrent_runs = trial_concurrency(resources, scaling, None, print)
-    own, *data = trial_resources(scaling, resources).bundles
-    assert own == {"CPU": TRIAL_CPU}
-    assert data == ([{"CPU": data_cpus}] if data_cpus else [])
-    config, _ = scaling_config(scaling, resources)
-    workers = config.num_workers * config.resources_per_worker["CPU"]
-    per_trial = TRIAL_CPU + (data_cpus or 0) + workers
-    assert per_trial <= resources["CPU"] / scaling.concurrent_runs  # the trials fit together
-
-
-def test_a_trial_with_no_cpus_left_reserves_none_for_data():
-    scaling = Scaling(cpus_per_worker=1.0, concurrent_runs=2)
-    assert trial_resources(scaling, {"CPU": 2}).bundles == [{"CPU": TRIAL_CPU}]
 
 
 def spec_for(tmp_path: Path, name: str = "s1", **search):
