@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         "--prefetch-batches", type=int, default=1, help="Ray iter_batches prefetch_batches (1)"
     )
     parser.add_argument(
-        "--stage-cpus", type=float, default=0.25, help="build_pipeline num_cpus (0.25, its default)"
+        "--stage-cpus", type=float, default=0.0, help="build_pipeline num_cpus (0, its default)"
     )
     parser.add_argument(
         "--decode-threads",

@@ -62,6 +62,12 @@ bench/RESULTS.md measured hand-overs of 0.13 to 0.21 s) and runs one task alone 
 second of a read: meanwhile a lone task's second thread keeps the other CPU busy."""
 
 
+SHUFFLE_CPUS = 0.25
+"""CPUs each task of the records' shuffle declares (unlike the map stages, see
+:func:`build_pipeline`): Ray Data starts a shuffle's tasks together (bench/RESULTS.md saw more
+at once than the decode stage's), and their CPUs are what keeps them from crowding the node."""
+
+
 @dataclass
 class Pipeline:
     """Ray Datasets per split, and the counter of what their decoding dropped."""
@@ -81,10 +87,11 @@ def build_pipeline(
     epoch: int | None = 0,
     splits: tuple[str, ...] = SPLITS,
     batch_size: int = 32,
-    num_cpus: float = 0.25,
+    num_cpus: float = 0.0,
     features: Path | str | None = None,
     epochs_per_pass: int = 1,
     decode_threads: int = DECODE_THREADS,
+    tasks: int | None = None,
 ) -> Pipeline:
     """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``.
 
@@ -102,7 +109,15 @@ def build_pipeline(
       decoding, seeded and anew for every read, so every epoch has its own order.
 
     Each decode task decodes a batch with ``decode_threads`` threads (see
-    :data:`DECODE_THREADS`).
+    :data:`DECODE_THREADS`). At most ``tasks`` tasks of a stage run at once (default: the
+    cluster's CPUs; a run sharing the cluster passes its share, and its blocks stay cut for
+    the whole cluster, so its batches do not depend on its share), each declaring ``num_cpus``
+    to Ray: none by default, since Ray Data 2.60 budgets a dataset's CPUs by what Ray Train
+    leaves of each node, split among the running datasets in whole CPUs. In a search on CPUs
+    that is 0 (two trials on 2 CPUs: 0.5 CPU of training each, 1 CPU left for 2 datasets):
+    tasks that need CPU then run one at a time, Ray Data warns that "the job may hang
+    forever", and each such dataset's scheduling loop spins on about a quarter of a CPU
+    (bench/RESULTS.md). Tasks that declare none are budgeted by the object store alone.
 
     With ``features`` (a feature cache folder, see :func:`sevlm.feature_encoding.cache_features`)
     rows carry the cached ``image_features`` instead of ``pixel_values``: no image is decoded.
@@ -116,6 +131,8 @@ def build_pipeline(
     """
     if epochs_per_pass > 1 and epoch is not None:
         raise ValueError("epochs_per_pass > 1 needs epoch=None: the consumer pairs each epoch")
+    if tasks is not None and tasks < 1:
+        raise ValueError(f"tasks must be at least 1, got {tasks}")
     counter = DropCounter.remote()
 
     def decode(batch: dict) -> dict:  # Ray Data names the stage after the function
@@ -131,20 +148,21 @@ def build_pipeline(
     def encode(batch: dict) -> dict:
         return encode_batch(batch, config, epoch)
 
-    tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     result = {}
     for split in splits:
         records = painting_records(data.split(split))
         if epochs_per_pass > 1:  # epoch is None: checked above
             records = epoch_records(records, epochs_per_pass, config.seed)
-        ds = records_dataset(records, batch_size, tasks)
+        ds = records_dataset(records, batch_size, cpus)
         if epoch is None and epochs_per_pass == 1:
             # the records, not the pixels; its tasks still cost about 5 s a read on 2 CPUs
             # (bench/RESULTS.md), the price of chance-level batch mixing at ArtEmis's size
-            ds = ds.random_shuffle(seed=RandomSeedConfig(seed=config.seed), num_cpus=num_cpus)
+            seed = RandomSeedConfig(seed=config.seed)
+            ds = ds.random_shuffle(seed=seed, num_cpus=SHUFFLE_CPUS)
         opts = {
             "batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus,
-            "compute": ray.data.TaskPoolStrategy(size=tasks),
+            "compute": ray.data.TaskPoolStrategy(size=tasks or cpus),
         }  # fmt: skip
         if epoch is not None:
             ds = ds.map_batches(encode, **opts)
@@ -198,8 +216,8 @@ def block_count(rows: int, batch_size: int, tasks: int) -> int:
     ones lose time between tasks, since Ray Data notices a finished task only at its next
     poll, up to 0.1 s later (``WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` in Ray Data 2.60).
 
-    The tasks are capped at the cluster's CPUs (``tasks``): with fractional CPUs and no cap,
-    Ray starts more worker processes than it keeps idle, and every epoch would pay their
-    start (each imports torch) again."""
+    ``tasks`` is the most a dataset runs at once, the cluster's CPUs (:func:`build_pipeline`
+    caps them there or lower: without a cap Ray starts more worker processes than it keeps
+    idle, and every epoch would pay their start again)."""
     by_batches = math.ceil(rows / (16 * batch_size))
     return max(1, min(math.ceil(rows / batch_size), max(4 * tasks, by_batches)))

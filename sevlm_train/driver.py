@@ -146,6 +146,12 @@ def scaling_config(
     return config, threads
 
 
+def data_tasks(scaling: Scaling, resources: dict[str, float] | None = None) -> int:
+    """Tasks each of a run's Ray Data stages runs at once: its share of the cluster's CPUs."""
+    resources = resources if resources is not None else ray.cluster_resources()
+    return max(1, math.floor(resources.get("CPU", 1) / scaling.concurrent_runs))
+
+
 def train_data_config(train: ray.data.Dataset) -> ray.train.DataConfig:
     """Ray Train's data config for the training split, keeping the dataset's own execution
     options (rows in record order, :func:`sevlm.pipeline.build_pipeline`); without them
@@ -232,8 +238,9 @@ def run_training(
                 "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
     per_pass = epochs_per_pass(len(data.split("train")), train_cfg.batch_size, train_cfg.max_steps)
     pipeline = build_pipeline(
-        data, example, epoch=None, splits=("train",), features=features, epochs_per_pass=per_pass
-    )
+        data, example, epoch=None, splits=("train",), features=features,
+        epochs_per_pass=per_pass, tasks=data_tasks(scaling),
+    )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
     trainer = TorchTrainer(
         train_loop_per_worker,

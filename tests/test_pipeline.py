@@ -194,6 +194,51 @@ def test_a_one_epoch_pass_is_shuffled_anew_for_every_read(ray_local, sample) -> 
     assert len(shared) < 0.25 * (len(first) - 1)  # each read (epoch) its own order
 
 
+def test_stages_run_where_ray_train_leaves_ray_data_no_whole_cpu(ray_local, sample) -> None:
+    """A search on a small machine: Ray Train's worker groups hold the CPUs in Ray Data's
+    autoscaling coordinator, which leaves each running dataset a budget of 0 CPUs. Tasks that
+    needed CPU then starved (one at a time, "the job may hang forever" after 60 s, a spinning
+    scheduling loop); the pipeline's stages declare none, so they are never starved."""
+    import logging
+
+    from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
+    from ray.data._internal.execution import resource_manager
+
+    from sevlm.pipeline import build_pipeline
+
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(resource_manager.__name__)
+    delay = resource_manager.STARVATION_WARNING_DELAY_S
+    coordinator = get_or_create_autoscaling_coordinator()
+    ray_local.get(  # what a Ray Train worker group registers (train-<run id>, high priority)
+        coordinator.request_resources.remote(
+            requester_id="test-train", resources=[{"CPU": 2.0}], expire_after_s=120
+        )
+    )
+    resource_manager.STARVATION_WARNING_DELAY_S = 0.0  # warn at once, not after 60 s
+    logger.addHandler(handler)
+    try:
+        data = load_artemis(DataSource.resolve(data=str(sample.out)))
+        pipeline = build_pipeline(data, CONFIG, epoch=None, splits=("val",), epochs_per_pass=4)
+        rows = pipeline.datasets["val"].take_all()
+    finally:
+        logger.removeHandler(handler)
+        resource_manager.STARVATION_WARNING_DELAY_S = delay
+        ray_local.get(coordinator.cancel_request.remote(requester_id="test-train"))
+    assert len(rows) == 4 * len(data.split("val"))
+    assert not [w for w in warnings if "not enough to run" in w], warnings
+
+
+def test_stage_tasks_at_once_must_be_positive(sample) -> None:
+    from sevlm.pipeline import build_pipeline
+
+    data = load_artemis(DataSource.resolve(data=str(sample.out)))
+    with pytest.raises(ValueError, match="tasks must be at least 1"):
+        build_pipeline(data, CONFIG, splits=("val",), tasks=0)
+
+
 def run_python(code: str) -> str:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

@@ -129,6 +129,17 @@ def test_scaling_from_cluster_resources(resources, kwargs, expected) -> None:
     assert got == expected
 
 
+@pytest.mark.parametrize(
+    ("resources", "concurrent_runs", "expected"),
+    [({"CPU": 2}, 1, 2), ({"CPU": 2}, 2, 1), ({"CPU": 16, "GPU": 4}, 4, 4), ({"CPU": 2}, 3, 1)],
+)
+def test_data_tasks_are_a_runs_share_of_the_cpus(resources, concurrent_runs, expected) -> None:
+    pytest.importorskip("ray")
+    from sevlm_train.driver import Scaling, data_tasks
+
+    assert data_tasks(Scaling(concurrent_runs=concurrent_runs), resources) == expected
+
+
 def _one_step(config: ModelConfig, train: TrainConfig, batch: dict) -> tuple[dict, dict]:
     """Metrics and parameters after one step from the same initial weights."""
     torch.manual_seed(2)
