@@ -1,8 +1,9 @@
 """The Ray Data pipeline: dataset splits -> Ray Datasets of model inputs.
 
 Painting records go to Ray Data as Arrow blocks (:func:`records_dataset`); decoding and
-tokenizing are ``map_batches`` stages with fractional CPUs, so they share a small machine with
-training workers. Images that fail to decode are dropped and counted by a zero-CPU actor.
+tokenizing are ``map_batches`` stages whose tasks declare no CPU and are capped in number (see
+:func:`build_pipeline`), so they share a small machine with training workers. Images that fail
+to decode are dropped and counted by a zero-CPU actor.
 
 With a frozen encoder, :func:`sevlm.feature_encoding.cache_features` runs it once over the
 images into a :mod:`sevlm.feature_cache`, and ``build_pipeline(..., features=folder)`` reads
