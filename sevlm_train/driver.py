@@ -94,6 +94,10 @@ class Scaling:
         if self.max_failures < 0:
             raise ValueError(f"--max-failures must be >= 0, got {self.max_failures}")
 
+    def cpu_share(self, resources: dict[str, float]) -> float:
+        """This run's share of the cluster's CPUs."""
+        return resources.get("CPU", 1) / self.concurrent_runs
+
 
 @dataclass
 class TrainOutcome:
@@ -132,7 +136,7 @@ def scaling_config(
     workers = scaling.num_workers or (
         max(1, math.floor(gpus / share / scaling.gpus_per_worker)) if use_gpu else 1
     )
-    total = resources.get("CPU", 1) / share
+    total = scaling.cpu_share(resources)
     cpus = scaling.cpus_per_worker
     if cpus is None:  # half a CPU of each share is left to Ray Data's decoding tasks
         cpus = 1.0 if use_gpu else max(0.25, min(1.0, (total - 0.5) / workers))
@@ -149,7 +153,7 @@ def scaling_config(
 def data_tasks(scaling: Scaling, resources: dict[str, float] | None = None) -> int:
     """Tasks each of a run's Ray Data stages runs at once: its share of the cluster's CPUs."""
     resources = resources if resources is not None else ray.cluster_resources()
-    return max(1, math.floor(resources.get("CPU", 1) / scaling.concurrent_runs))
+    return max(1, math.floor(scaling.cpu_share(resources)))
 
 
 def train_data_config(train: ray.data.Dataset) -> ray.train.DataConfig:
