@@ -329,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         help="build_pipeline decode_threads (default: its own, sevlm.pipeline.DECODE_THREADS)",
     )
     parser.add_argument(
+        "--tasks",
+        type=int,
+        help="build_pipeline tasks: decode tasks at once (default: its own, --cpus)",
+    )
+    parser.add_argument(
         "--unordered",
         action="store_true",
         help="Ray Data delivers blocks as their tasks finish (preserve_order off; the pipeline "
@@ -356,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--epochs-per-pass and --repeats must be at least 1")
     if args.decode_threads is not None and args.decode_threads < 1:
         parser.error("--decode-threads must be at least 1")
+    if args.tasks is not None and args.tasks < 1:
+        parser.error("--tasks must be at least 1")
     shuffle_buffer = 4 * args.batch if args.shuffle_buffer is None else args.shuffle_buffer
     niceness = os.nice(0) if args.ray_niceness is None else args.ray_niceness
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -442,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = build_pipeline(
             data, config, epoch=None, splits=("train",), batch_size=args.batch,
             num_cpus=args.stage_cpus, epochs_per_pass=per_pass,
-            decode_threads=threads,
+            decode_threads=threads, tasks=args.tasks,
         )  # fmt: skip
         dataset = pipeline.datasets["train"]
         dataset.context.execution_options.preserve_order = not args.unordered
@@ -507,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     images = len(expected)
     settings = {
         RAY: f"ray.init(num_cpus={args.cpus}), build_pipeline(num_cpus={args.stage_cpus}, "
-        f"epochs_per_pass={per_pass}, decode_threads={threads}, "
+        f"epochs_per_pass={per_pass}, decode_threads={threads}, tasks={args.tasks or args.cpus}, "
         f"preserve_order={not args.unordered}), "
         f"iter_batches(prefetch_batches={args.prefetch_batches}, "
         f"local_shuffle_buffer_size={shuffle_buffer}), worker niceness {niceness}",
