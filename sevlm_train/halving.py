@@ -9,10 +9,13 @@ the order they arrive, and so does the cost (22% to 50% of trial-steps saved on 
 sweep, bench/RESULTS.md). Here every trial of a rung is compared with all the others: with
 reproducible training the same sweep stops the same trials every time.
 
-Waiting costs a restart, not a slot: a paused trial gives its slot to the next one, and goes
-on from the Ray Train checkpoint it wrote with its report at the rung. The searcher's
-concurrency limit must not count waiting trials (:class:`HalvingLimiter`), or the trials
-that have to reach the rung before a decision could never start.
+Waiting costs a restart, not a slot, while another trial needs the slot: a paused trial gives
+its slot to the next one, and goes on from the Ray Train checkpoint it wrote with its report
+at the rung. The searcher's concurrency limit must not count waiting trials
+(:class:`HalvingLimiter`), or the trials that have to reach the rung before a decision could
+never start. Where no trial is left to start before the rung's decision (the last trials of a
+sweep to reach it), a trial waits in its slot instead, and a kept one trains on without a
+restart (a restart of a sample trial costs about 40 s on 2 CPUs, bench/RESULTS.md).
 
 The rungs' scores are kept in a small JSON file in the sweep's storage, so a sweep resumed
 after its driver died decides its rungs on the scores reported before. Not in Tune's
@@ -94,6 +97,10 @@ class SuccessiveHalving(FIFOScheduler):
         """Per rung: trial id -> its score there, smaller is better (negated for max)."""
         self.kept: list[list[str] | None] = [None for _ in self.milestones]
         """Per rung: the trials that went on, once the rung is decided."""
+        self.holding: dict[str, int] = {}
+        """Trials that waited in their slot for a rung's decision: trial id -> rung. One that
+        the rung drops is stopped at its next report (its RungGate makes one at once): Tune
+        cannot end a running trial between reports sooner than its 600 s clean-up timeout."""
         self._loaded = False
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
@@ -131,9 +138,13 @@ class SuccessiveHalving(FIFOScheduler):
             self.scores[nxt][trial_id] = -float(score) if self._mode == "max" else float(score)
         self._save()
         self._decide(tune_controller)
-        if self.kept[nxt] is None:
+        if self.kept[nxt] is not None:
+            return self.CONTINUE if trial_id in self.kept[nxt] else self.STOP
+        if self._slot_wanted(tune_controller, nxt):
             return self.PAUSE
-        return self.CONTINUE if trial_id in self.kept[nxt] else self.STOP
+        self.holding[trial_id] = nxt  # its RungGate waits on in its slot (see the file)
+        self._save()
+        return self.CONTINUE
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """A kept trial waiting at its rung first, while fewer than ``max_concurrent`` run;
@@ -151,7 +162,8 @@ class SuccessiveHalving(FIFOScheduler):
         return None
 
     def waiting(self) -> set[str]:
-        """Trials at a rung not decided yet: they hold no resources."""
+        """Trials at a rung not decided yet: paused, or holding their slot while no trial
+        is left to start (so none waits for the slot)."""
         return {t for k, scores in enumerate(self.scores) if self.kept[k] is None for t in scores}
 
     def debug_string(self) -> str:
@@ -179,6 +191,20 @@ class SuccessiveHalving(FIFOScheduler):
 
     def _goes_on(self, trial: Trial) -> bool:
         return self._standing(trial.trial_id) in ("new", "kept")
+
+    def _slot_wanted(self, tune_controller, rung: int) -> bool:
+        """Whether a trial that has to reach ``rung`` before its decision has yet to start
+        (or to restart): one not created yet, pending, or paused at the rung before."""
+        trials = tune_controller.get_trials()
+        if rung == 0 and len(trials) < self.num_samples:
+            return True
+        cohort = None if rung == 0 else set(self.kept[rung - 1])
+        return any(
+            t.status in (Trial.PENDING, Trial.PAUSED)
+            and t.trial_id not in self.scores[rung]
+            and (cohort is None or t.trial_id in cohort)
+            for t in trials
+        )
 
     def _decide(self, tune_controller) -> None:
         """Decide every rung whose cohort is complete, in order, and stop the trials not
@@ -215,6 +241,7 @@ class SuccessiveHalving(FIFOScheduler):
             raise ValueError(f"{self.state}: written for rungs {saved['milestones']}, "
                              f"not {self.milestones}")  # fmt: skip
         self.scores, self.kept = saved["scores"], saved["kept"]
+        self.holding = saved.get("holding", {})
 
     def _save(self) -> None:
         """Written whole to a new file, then moved over the old one."""
@@ -223,7 +250,8 @@ class SuccessiveHalving(FIFOScheduler):
         fs, path = storage_fs(self.state)
         fs.create_dir(path.rpartition("/")[0], recursive=True)
         staged = f"{path}.{uuid.uuid4().hex}"
-        state = {"milestones": self.milestones, "scores": self.scores, "kept": self.kept}
+        state = {"milestones": self.milestones, "scores": self.scores, "kept": self.kept,
+                 "holding": self.holding}  # fmt: skip
         with fs.open_output_stream(staged) as f:
             f.write(json.dumps(state, indent=1).encode())
         fs.move(staged, path)
@@ -270,7 +298,10 @@ class RungGate:
     their report, and they would train on meanwhile: steps that are thrown away, validations
     logged past the rung. Instead, after the report that reaches a rung, the workers read the
     rungs' file until the trial is among the kept; a trial paused or stopped is ended by Tune
-    while it waits.
+    while it waits. A trial the scheduler lets wait in its slot (``holding`` in the file)
+    waits for the rung's decision however long the other trials take to reach the rung, and
+    when dropped, reports again at once (:func:`sevlm_train.loop` does), which Tune answers
+    with a stop.
     """
 
     state: str
@@ -278,7 +309,8 @@ class RungGate:
     trial_id: str
     milestones: tuple[int, ...]
     timeout_s: float = 60.0
-    """How long to wait for a verdict before training on (with a warning)."""
+    """How long to wait for a verdict (or, holding, for the decision to stop the trial)
+    before training on (with a warning)."""
     poll_s: float = 0.2
 
     def passed(self) -> int:
@@ -292,9 +324,10 @@ class RungGate:
         return reaches_rung(self.milestones, passed, step)
 
     def wait(self, rung: int) -> str:
-        """``kept`` once the trial goes on from ``rung``; else, after ``timeout_s``, what the
-        file said last: ``dropped`` (Tune's stop has not come) or ``undecided``. A failed read
-        (storage busy or briefly stale) counts as undecided."""
+        """``kept`` once the trial goes on from ``rung``; ``released`` once a trial that waits
+        in its slot is dropped; else, after ``timeout_s``, what the file said last:
+        ``dropped`` (Tune's stop has not come) or ``undecided``. A failed read (storage busy
+        or briefly stale) counts as undecided."""
         deadline = time.monotonic() + self.timeout_s
         verdict = "undecided"
         while time.monotonic() < deadline:
@@ -303,9 +336,14 @@ class RungGate:
             except OSError:
                 saved = None
             kept = saved["kept"][rung] if saved else None
+            held = saved is not None and saved.get("holding", {}).get(self.trial_id) == rung
             if kept is not None and self.trial_id in kept:
                 return "kept"
+            if kept is not None and held:
+                return "released"
             if kept is not None:
                 verdict = "dropped"
+            elif held:
+                deadline = time.monotonic() + self.timeout_s
             time.sleep(self.poll_s)
         return verdict

@@ -160,7 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _say(_line("val", state.step, metrics))
         _report(metrics, model, stepper, state, rank)
         if gate and not final and gate.reaches(passed, state.step):
-            _hold_at_rung(gate, passed, state.step, rank)
+            _hold_at_rung(gate, passed, state.step, rank, metrics)
             passed += 1
 
     per_pass = config.get("epochs_per_pass", 1)
@@ -250,13 +250,22 @@ def _report(metrics: dict, model, stepper: Stepper, state: TrainState, rank: int
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def _hold_at_rung(gate: RungGate, rung: int, step: int, rank: int) -> None:
+def _hold_at_rung(
+    gate: RungGate, rung: int, step: int, rank: int, metrics: dict[str, float]
+) -> None:
     """Wait at a rung of successive halving until the sweep keeps this trial: Tune ends the
-    workers meanwhile if it pauses or stops the trial."""
+    workers meanwhile if it pauses or stops the trial. A trial that waited in its slot and
+    was dropped reports ``metrics`` again, which Tune answers with a stop."""
     trial = gate.trial_id
     if rank == 0:
         _say(f"[sevlm] trial {trial} at the step-{step} rung: waiting for the sweep's verdict")
     verdict = gate.wait(rung)
+    if verdict == "released":
+        if rank == 0:
+            _say(f"[sevlm] trial {trial} dropped at step {step}: reporting for Tune to stop it")
+        ray.train.report(metrics)
+        time.sleep(gate.timeout_s)  # Tune ends the workers meanwhile
+        verdict = "dropped"
     if rank == 0 and verdict == "kept":
         _say(f"[sevlm] trial {trial} kept at step {step}: training on")
     elif rank == 0:

@@ -1,11 +1,12 @@
 """Successive halving, decided on fake trials: every trial of a rung is compared with all the
-others, whatever order they arrive in; waiting trials give up their slot; the rungs survive
-a restarted driver."""
+others, whatever order they arrive in; waiting trials give up their slot when another trial
+needs it, and keep it when none does; the rungs survive a restarted driver."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -19,8 +20,10 @@ from sevlm_train.halving import HalvingLimiter, RungGate, SuccessiveHalving
 
 @dataclass
 class FakeTrial:
+    """A trial as Tune shows it: pending until it runs (:func:`report` runs it)."""
+
     trial_id: str
-    status: str = Trial.RUNNING
+    status: str = Trial.PENDING
 
     def set_status(self, status: str) -> None:
         self.status = status
@@ -48,6 +51,8 @@ def halving(**kw) -> SuccessiveHalving:
 
 
 def report(scheduler, controller, trial, step, loss, final=0.0) -> str:
+    """The trial reports (it runs, then), and its status follows the scheduler's answer."""
+    trial.status = Trial.RUNNING
     decision = scheduler.on_trial_result(
         controller, trial, {"step": step, "loss": loss, "final": final}
     )
@@ -93,7 +98,7 @@ def test_a_trial_is_never_stopped_at_its_last_report_and_kept_trials_run_on():
 
 def test_waiting_trials_free_their_slot_and_kept_ones_are_run_first():
     scheduler = halving(num_samples=6, max_concurrent=2, reduction_factor=2, max_t=80)
-    trials = {t: FakeTrial(t, Trial.PENDING) for t in "abcdef"}
+    trials = {t: FakeTrial(t) for t in "abcdef"}
     controller = FakeController(list(trials.values()))
     trials["a"].status = trials["b"].status = Trial.RUNNING
     report(scheduler, controller, trials["a"], 40, 1.0)
@@ -269,3 +274,63 @@ def test_a_restored_limiter_keeps_asking_the_live_scheduler():
     trials = [FakeTrial("a")]
     report(scheduler, FakeController(trials), trials[0], 40, 1.0)  # a waits: b may start
     assert restored.halving is scheduler and restored.suggest("b") == {"x": 0}
+
+
+@pytest.mark.parametrize("e_loss, kept", [(3.5, ["d", "f"]), (1.0, ["e", "d"])])
+def test_the_last_trials_of_a_rung_wait_in_their_slot(e_loss, kept):
+    """a to d have reported and wait paused; e and f run, no trial is left to start: the first
+    of them to reach the rung waits in its slot, and goes on from there if kept; dropped, it
+    is stopped at the report its gate makes at once (Tune cannot end it between reports)."""
+    scheduler = halving()
+    trials = {t: FakeTrial(t) for t in "abcdef"}
+    controller = FakeController(list(trials.values()))
+    for t in "abcd":
+        assert report(scheduler, controller, trials[t], 40, LOSSES[t]) == "PAUSE"
+    trials["f"].status = Trial.RUNNING
+    assert report(scheduler, controller, trials["e"], 40, e_loss) == "CONTINUE"
+    assert scheduler.holding == {"e": 0} and scheduler.waiting() == set("abcde")
+    assert scheduler.choose_trial_to_run(controller) is None  # nothing to start meanwhile
+    assert report(scheduler, controller, trials["f"], 40, LOSSES["f"]) == (
+        "CONTINUE" if "f" in kept else "STOP"
+    )
+    assert scheduler.kept == [kept]
+    assert sorted(controller.stopped) == sorted(set("abcd") - set(kept))  # the paused ones
+    assert trials["e"].status == Trial.RUNNING
+    assert scheduler.choose_trial_to_run(controller) is trials["d"]  # paused, kept: restarts
+    if "e" not in kept:  # its gate reports again
+        assert report(scheduler, controller, trials["e"], 40, e_loss) == "STOP"
+
+
+def test_a_trial_waits_paused_while_a_trial_of_its_rung_has_to_start():
+    """At the second rung the cohort is the two kept at the first, both paused there: the
+    first to restart and reach the rung gives its slot to the other."""
+    scheduler = halving(num_samples=4, reduction_factor=2, grace_period=20, max_t=80)
+    trials = {t: FakeTrial(t) for t in "abcd"}
+    controller = FakeController(list(trials.values()))
+    for t, loss in zip("abcd", (1.0, 2.0, 3.0, 4.0), strict=True):
+        report(scheduler, controller, trials[t], 20, loss)
+    assert scheduler.kept[0] == ["a", "b"] and trials["a"].status == Trial.PAUSED
+    assert report(scheduler, controller, trials["b"], 40, 2.0) == "PAUSE"  # a must restart
+    assert scheduler.holding == {}
+    assert report(scheduler, controller, trials["a"], 40, 1.0) == "CONTINUE"
+    assert scheduler.kept == [["a", "b"], ["a"]] and controller.stopped[-1] == "b"
+
+
+@pytest.mark.parametrize("b_loss, verdict", [(2.0, "kept"), (0.5, "released")])
+def test_the_gate_waits_past_its_timeout_while_the_trial_holds_its_slot(tmp_path, b_loss, verdict):
+    state = str(tmp_path / "halving.json")
+    scheduler = halving(num_samples=2, reduction_factor=2, grace_period=4, max_t=12, state=state)
+    trials = [FakeTrial(t, Trial.RUNNING) for t in "ab"]
+    controller = FakeController(trials)
+    assert report(scheduler, controller, trials[0], 4, 1.0) == "CONTINUE"  # b runs: a holds
+    gate = RungGate(state, "a", (4, 8), timeout_s=0.2, poll_s=0.01)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(gate.wait(0)))
+    started = time.monotonic()
+    waiter.start()
+    time.sleep(0.6)  # three timeouts
+    assert waiter.is_alive() and not got
+    b_goes_on = report(scheduler, controller, trials[1], 4, b_loss) == "CONTINUE"
+    waiter.join(5)
+    assert got == [verdict] and b_goes_on == (verdict == "released")
+    assert time.monotonic() - started >= 0.6

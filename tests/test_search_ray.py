@@ -395,6 +395,42 @@ def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
     assert re.search(r"^\w{8}\s+pruned\s+4\s", resumed.stdout, re.M), resumed.stdout[-2000:]
 
 
+def test_halving_lets_the_last_trials_of_a_rung_wait_in_their_slots(sample, tmp_path):
+    """Two trials at once and no third to start: the first at the step-4 rung waits there in
+    its slot (no pause, so no restart), and whichever is dropped ends at the rung: the
+    waiting one by a report its gate makes at once (Tune cannot end it between reports)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = sweep_config(tmp_path, samples=2, reduction_factor=2)  # keeps 1 of 2
+    storage = tmp_path / "storage"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
+         "--config", str(config), "--max-concurrent", "2", "--name", "slots",
+         "--storage", str(storage), "--output", str(tmp_path / "runs"), "--tracking-uri", uri],
+        env=child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rs", dir="/tmp")),
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    (tmp_path / "sweep.log").write_text(said)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    rungs = json.loads((storage / "slots-trials" / "halving.json").read_text())
+    first = next(iter(rungs["scores"][0]))  # the first to report at the rung
+    kept = rungs["kept"][0]
+    assert rungs["holding"] == {first: 0} and len(kept) == 1
+    assert "[sevlm] resumed at step" not in said  # the kept trial was never paused
+    assert "training on" not in said.replace("kept at step 4: training on", "")  # no timeout
+    released = f"trial {first} dropped at step 4: reporting for Tune to stop it"
+    assert (released in said) == (kept != [first]), said[-3000:]
+    _, children = child_runs(uri, "slots")
+    history = client_for(uri).get_metric_history
+    for run in children:
+        steps = [m.step for m in history(run.info.run_id, "val/lm_loss")]
+        if run.info.run_name == f"slots-{kept[0]}":
+            assert run.info.status == "FINISHED" and steps == [4, 8]
+        else:
+            assert run.info.status == "KILLED" and steps == [4]
+            assert run.data.tags["sevlm.trial_state"] == "pruned at step 4"
+
+
 def metric_steps(uri: str, runs: list, run_name: str) -> list[int]:
     """The steps at which a run logged its validation loss (each once, if resumed well)."""
     run_id = next(r.info.run_id for r in runs if r.info.run_name == run_name)
