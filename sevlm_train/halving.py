@@ -300,7 +300,7 @@ class RungGate:
     rungs' file until the trial is among the kept; a trial paused or stopped is ended by Tune
     while it waits. A trial the scheduler lets wait in its slot (``holding`` in the file)
     waits for the rung's decision however long the other trials take to reach the rung, and
-    when dropped, reports again at once (:func:`sevlm_train.loop` does), which Tune answers
+    when dropped, reports again at once (:mod:`sevlm_train.loop` does), which Tune answers
     with a stop.
     """
 
