@@ -207,7 +207,8 @@ def run_training(
     extra = {"text_prep": dataclasses.asdict(prep), "experiment": experiment}
     name = name or run_name(model_cfg, train_cfg, source, data_seed, extra)
     ensure_ray(printer)
-    config, threads = scaling_config(scaling)
+    resources = ray.cluster_resources()  # one reading for the workers and the data tasks
+    config, threads = scaling_config(scaling, resources)
     if train_cfg.batch_size % config.num_workers:
         raise ValueError(
             f"train.batch_size {train_cfg.batch_size} does not split evenly among "
@@ -243,7 +244,7 @@ def run_training(
     per_pass = epochs_per_pass(len(data.split("train")), train_cfg.batch_size, train_cfg.max_steps)
     pipeline = build_pipeline(
         data, example, epoch=None, splits=("train",), features=features,
-        epochs_per_pass=per_pass, tasks=data_tasks(scaling),
+        epochs_per_pass=per_pass, tasks=data_tasks(scaling, resources),
     )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
     trainer = TorchTrainer(
