@@ -7,6 +7,12 @@ so the share of the cache itself is visible. Neither re-runs the image encoder a
 which the released code also does.
 
     python bench/generate.py [--preset tiny] [--batch 32] [--new-tokens 25] [--repeats 3]
+                             [--phases]
+
+``--phases`` then splits a KV-cached greedy step into the model's forward pass (decoder and LM
+head) and the host's part: reading the new tokens back and building the next step's inputs,
+of which the VAD lookups. Each phase is waited for (on CUDA, synchronized), so the split says
+how much of a step a faster model call (a CUDA graph, say) could save.
 
 The model is randomly initialised (generation costs the same with trained weights) and never
 stops early: ``<eos>``'s logit is set to -inf, so every text is exactly ``--new-tokens`` long
@@ -20,12 +26,14 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from machine import print_header
 
 from sevlm.config import ModelConfig
-from sevlm.generate import Decoder
+from sevlm.generate import Decoder, _Texts
 from sevlm.lexicon import VADLexicon
 from sevlm.tokenizer import load_tokenizer
 from sevlm.weights import build_model
@@ -45,6 +53,44 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+@contextmanager
+def timing(owner: type, name: str, totals: dict[str, float], sync: Callable[[], None]):
+    """Add the wall time of every call of ``owner.name`` to ``totals[name]``, waited for."""
+    method = getattr(owner, name)
+
+    def timed_method(*args, **kwargs):
+        sync()
+        started = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            sync()
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - started
+
+    setattr(owner, name, timed_method)
+    try:
+        yield
+    finally:
+        setattr(owner, name, method)
+
+
+def phase_times(decoder: Decoder, memory: torch.Tensor, new_tokens: int) -> dict[str, float]:
+    """Mean ms per step of KV-cached greedy decoding spent in each phase, each waited for."""
+    sync = torch.cuda.synchronize if memory.is_cuda else lambda: None
+    totals: dict[str, float] = {}
+    with (
+        timing(_Texts, "logits", totals, sync),
+        timing(_Texts, "append", totals, sync),
+        timing(Decoder, "_token_vad", totals, sync),
+    ):
+        sync()
+        started = time.perf_counter()
+        decoder.generate(memory, new_tokens, use_cache=True)
+        sync()
+        totals["step"] = time.perf_counter() - started
+    return {name: 1000 * seconds / new_tokens for name, seconds in totals.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny")
@@ -53,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beams", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--phases", action="store_true", help="split a cached greedy step into its phases"
+    )
     args = parser.parse_args(argv)
     print_header("sevlm generation benchmark: KV-cached vs uncached decoding")
     if args.threads:
@@ -103,6 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| KV-cached beam search, {args.beams} beams | {beam_s:.3f} | {rate(beam_s):.1f} |")
     print(f"cached / uncached as released: {uncached_s / cached_s:.2f}x (target >= 5x)")
     print(f"cached / uncached, last position only: {last_s / cached_s:.2f}x")
+    if args.phases:
+        ms = phase_times(decoder, memory, args.new_tokens)
+        host = ms["append"] - ms["_token_vad"]
+        print("phases of a KV-cached greedy step, ms, each waited for (one more batch):")
+        print("| model (decoder + LM head) | new tokens read back, next inputs built | "
+              "of which VAD lookups | step, in all |")  # fmt: skip
+        print("|---:|---:|---:|---:|")
+        print(f"| {ms['logits']:.2f} | {ms['append']:.2f} | {ms['_token_vad']:.2f} "
+              f"| {ms['step']:.2f} |")  # fmt: skip
+        print(
+            f"host share of a step: {(ms['step'] - ms['logits']) / ms['step']:.0%} "
+            f"(reading back and inputs {host:.2f} ms, VAD lookups {ms['_token_vad']:.2f} ms)"
+        )
     return 0
 
 
