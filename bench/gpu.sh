@@ -42,5 +42,5 @@ bench train 300 bench/train_step.py --preset paper --settings released,eager,our
   --steps 40 --warmup 5 --rounds 2 --phases 10
 bench memory_fp16 150 bench/train_step.py --preset paper --settings uncached,ours \
   --precision fp16 --steps 20 --warmup 3
-bench generate_paper 90 bench/generate.py --preset paper --repeats 5
-bench generate_tiny 60 bench/generate.py --repeats 5
+bench generate_paper 90 bench/generate.py --preset paper --repeats 5 --phases
+bench generate_tiny 60 bench/generate.py --repeats 5 --phases

@@ -8,10 +8,14 @@ encoder's, extended one token at a time) and the uncached path (the whole prefix
 scored at every step, as the released code does) see the same inputs and give the same
 tokens.
 
-Greedy decoding (``beams=1``) writes one text per image. Beam search keeps several texts per
-image, each with its own segment and VAD; after every step the texts, with their caches or
-inputs, are re-indexed to follow the hypotheses kept. :meth:`Decoder.beam_search` says how
-hypotheses are scored and when an image's search stops.
+Greedy decoding (``beams=1``) writes one text per image. With ``graph=True`` its steps have
+fixed shapes (caches preallocated for the whole text and written in place), and on CUDA each
+step is one replay of a CUDA graph captured after the prompt: a cached step is otherwise bound
+by launching the model's kernels one by one, not by the GPU's arithmetic (bench/RESULTS.md).
+
+Beam search keeps several texts per image, each with its own segment and VAD; after every
+step the texts, with their caches or inputs, are re-indexed to follow the hypotheses kept.
+:meth:`Decoder.beam_search` says how hypotheses are scored and when an image's search stops.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sevlm.emotions import EMOTIONS, normalize_emotion
 from sevlm.lexicon import VADLexicon
-from sevlm.model import KV, SEVLM, DecoderState
+from sevlm.model import KV, SEVLM, DecoderState, preallocated
 from sevlm.sequences import BECAUSE, SequenceBuilder
 
 MAX_NEW_TOKENS = 25
@@ -124,17 +128,23 @@ class Decoder:
         use_cache: bool = True,
         *,
         beams: int = 1,
+        graph: bool = False,
     ) -> list[list[int]]:
         """Token ids after the prompt for each image's memory ``[B, M, C]``, up to ``<eos>``:
-        greedy for ``beams=1``, else the best text of :meth:`beam_search`."""
+        greedy for ``beams=1``, else the best text of :meth:`beam_search`. ``graph``: greedy
+        steps of fixed shapes, replayed as a CUDA graph on CUDA (see the module)."""
+        if graph and (beams != 1 or not use_cache):
+            raise ValueError("graph=True is for KV-cached greedy decoding (beams=1)")
         if beams == 1:
-            return self._greedy(memory, max_new_tokens, use_cache)
+            return self._greedy(memory, max_new_tokens, use_cache, graph)
         return [h.tokens for h in self.beam_search(memory, beams, max_new_tokens, use_cache)]
 
-    def _greedy(self, memory: Tensor, max_new_tokens: int, use_cache: bool) -> list[list[int]]:
+    def _greedy(
+        self, memory: Tensor, max_new_tokens: int, use_cache: bool, graph: bool = False
+    ) -> list[list[int]]:
         """The most likely token at each step; a text that ended is fed pads until all have."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        texts = _Texts(self, memory, use_cache)
+        texts = _Texts(self, memory, use_cache, self._room(max_new_tokens) if graph else None)
         done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
         for _ in range(self._room(max_new_tokens)):
             token = texts.logits().argmax(dim=-1)
@@ -212,6 +222,7 @@ class Decoder:
         use_cache: bool = True,
         *,
         beams: int = 1,
+        graph: bool = False,
     ) -> list[Explanation]:
         """Emotion and explanation for each image of ``pixel_values [B, 3, S, S]``."""
         was_training = self.model.training
@@ -219,7 +230,7 @@ class Decoder:
         try:
             with torch.no_grad():
                 memory = self.model.encode_images(pixel_values)
-            return self.explain_memory(memory, max_new_tokens, use_cache, beams=beams)
+            return self.explain_memory(memory, max_new_tokens, use_cache, beams=beams, graph=graph)
         finally:
             self.model.train(was_training)
 
@@ -230,9 +241,10 @@ class Decoder:
         use_cache: bool = True,
         *,
         beams: int = 1,
+        graph: bool = False,
     ) -> list[Explanation]:
         """Emotion and explanation for images already encoded (``memory [B, M, C]``)."""
-        rows = self.generate(memory, max_new_tokens, use_cache, beams=beams)
+        rows = self.generate(memory, max_new_tokens, use_cache, beams=beams, graph=graph)
         return [self.parse(self.tokenizer.decode(r, skip_special_tokens=True)) for r in rows]
 
     def parse(self, text: str) -> Explanation:
@@ -249,10 +261,15 @@ class Decoder:
 
 class _Texts:
     """N texts being written after the prompt and what the model has read of them: its caches,
-    or, uncached, every input so far (re-read whole at each step)."""
+    or, uncached, every input so far (re-read whole at each step). With ``fixed_room``, the
+    steps after the prompt are :class:`_FixedStep`'s, for texts of up to that many tokens."""
 
-    def __init__(self, decoder: Decoder, memory: Tensor, use_cache: bool) -> None:
+    def __init__(
+        self, decoder: Decoder, memory: Tensor, use_cache: bool, fixed_room: int | None = None
+    ) -> None:
         self.decoder, self.memory, self.use_cache = decoder, memory, use_cache
+        self.fixed_room = fixed_room
+        self.fixed: _FixedStep | None = None
         n, device, prompt = memory.shape[0], memory.device, decoder.prompt
         self.inputs = (
             torch.as_tensor(prompt.input_ids, device=device).expand(n, -1),
@@ -267,8 +284,13 @@ class _Texts:
     def logits(self) -> Tensor:
         """Each text's next-token logits ``[N, V]``."""
         model = self.decoder.model
+        if self.fixed is not None:
+            return self.fixed(*self.unread)
         if self.use_cache:
             hidden, self.state = model.decode(*self.unread, self.memory, self.state)
+            if self.fixed_room is not None:  # the prompt is read: fixed-shape steps from here
+                length = self.state.position + self.fixed_room
+                self.fixed = _FixedStep(model, self.memory, preallocated(self.state, length))
             return model.logits(hidden[:, -1])
         # As the released code does: the whole prefix is re-read, and GPT-2's LM head scores
         # every position before the last one is taken.
@@ -300,6 +322,54 @@ class _Texts:
             self.state = _select_state(self.state, index, regroup)
         if not self.use_cache:
             self.inputs = tuple(x.index_select(0, index) for x in self.inputs)
+
+
+class _FixedStep:
+    """KV-cached one-token steps of fixed shapes: the caches are preallocated buffers written
+    in place, and the step's inputs are copied into buffers of their own. On CUDA the step is
+    captured once as a CUDA graph, and each step is one replay; elsewhere it runs eagerly.
+    The logits returned are overwritten by the next step."""
+
+    def __init__(self, model: SEVLM, memory: Tensor, state: DecoderState) -> None:
+        self.model, self.memory, self.state = model, memory, state
+        n, device = memory.shape[0], memory.device
+        self.inputs = (
+            torch.zeros(n, 1, dtype=torch.long, device=device),
+            torch.zeros(n, 1, dtype=torch.long, device=device),
+            torch.zeros(n, 1, 3, device=device),
+        )
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if memory.is_cuda:
+            self.logits = self._capture()
+
+    def _step(self) -> Tensor:
+        hidden, _ = self.model.decode(*self.inputs, self.memory, self.state)
+        return self.model.logits(hidden[:, -1])
+
+    def _capture(self) -> Tensor:
+        """Capture the step (after one eager run on a side stream, which picks its kernels
+        and allocates their workspaces); its output buffer is what every replay writes. The
+        runs write keys and values at the current position, which the first step rewrites."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            return self._step()
+
+    def __call__(self, input_ids: Tensor, segment_ids: Tensor, vad: Tensor) -> Tensor:
+        """Next-token logits ``[N, V]`` after one more token per text (each ``[N, 1, ...]``)."""
+        for buffer, value in zip(self.inputs, (input_ids, segment_ids, vad), strict=True):
+            buffer.copy_(value)
+        if self.graph is None:
+            logits = self._step()
+        else:
+            self.graph.replay()
+            logits = self.logits
+        self.state.position += 1  # in place: the captured step reads this tensor
+        return logits
 
 
 def _select_state(state: DecoderState, index: Tensor, regroup: bool) -> DecoderState:

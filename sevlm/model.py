@@ -26,7 +26,12 @@ KV = tuple[Tensor, Tensor]
 
 class Attention(nn.Module):
     """Multi-head attention. Self-attention is causal and extends a KV cache; cross-attention
-    caches the keys and values of its fixed memory (the image tokens)."""
+    caches the keys and values of its fixed memory (the image tokens).
+
+    A self-attention cache can also be preallocated (buffers ``[N, H, L, D]`` for L positions)
+    and written in place: ``at`` is then the position of ``x``'s one token, whose keys and
+    values go there, and the query sees the positions up to it. Every such step has the same
+    shapes, so a CUDA graph can replay it (:mod:`sevlm.generate`)."""
 
     def __init__(self, dim: int, n_head: int, dropout: float, cross: bool = False) -> None:
         super().__init__()
@@ -41,17 +46,27 @@ class Attention(nn.Module):
         return x.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
 
     def forward(
-        self, x: Tensor, memory: Tensor | None = None, cache: KV | None = None
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        cache: KV | None = None,
+        at: Tensor | None = None,
     ) -> tuple[Tensor, KV]:
         q = self._heads(self.q(x))
         if self.cross and cache is not None:
             k, v = cache  # the memory is fixed: its keys and values were computed once
         else:
             k, v = (self._heads(t) for t in self.kv(memory if self.cross else x).chunk(2, dim=-1))
-            if cache is not None:
+            if at is not None and cache is not None:
+                cache[0].index_copy_(2, at, k)
+                cache[1].index_copy_(2, at, v)
+                k, v = cache
+            elif cache is not None:
                 k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
         mask = None
-        if not self.cross and q.shape[2] > 1:
+        if at is not None and not self.cross:
+            mask = (torch.arange(k.shape[2], device=x.device) <= at)[None]  # those written
+        elif not self.cross and q.shape[2] > 1:
             t, s = q.shape[2], k.shape[2]
             mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=s - t)
         y = F.scaled_dot_product_attention(
@@ -79,10 +94,14 @@ class DecoderBlock(nn.Module):
         )
 
     def forward(
-        self, x: Tensor, memory: Tensor, cache: tuple[KV, KV] | None = None
+        self,
+        x: Tensor,
+        memory: Tensor,
+        cache: tuple[KV, KV] | None = None,
+        at: Tensor | None = None,
     ) -> tuple[Tensor, tuple[KV, KV]]:
         self_cache, cross_cache = cache if cache is not None else (None, None)
-        a, self_cache = self.attn(self.ln_1(x), cache=self_cache)
+        a, self_cache = self.attn(self.ln_1(x), cache=self_cache, at=at)
         x = x + a
         c, cross_cache = self.cross(self.ln_cross(x), memory=memory, cache=cross_cache)
         x = x + c
@@ -101,8 +120,10 @@ class VADLayer(nn.Module):
         )
         self.norm2 = nn.LayerNorm(3)
 
-    def forward(self, x: Tensor, cache: KV | None = None) -> tuple[Tensor, KV]:
-        a, cache = self.attn(x, cache=cache)
+    def forward(
+        self, x: Tensor, cache: KV | None = None, at: Tensor | None = None
+    ) -> tuple[Tensor, KV]:
+        a, cache = self.attn(x, cache=cache, at=at)
         x = self.norm1(x + a)
         return self.norm2(x + self.ffn(x)), cache
 
@@ -121,13 +142,14 @@ class VADEncoder(nn.Module):
         )
 
     def forward(
-        self, vad: Tensor, start: int = 0, cache: list[KV] | None = None
+        self, vad: Tensor, start: int | Tensor = 0, cache: list[KV] | None = None
     ) -> tuple[Tensor, list[KV]]:
-        positions = torch.arange(start, start + vad.shape[1], device=vad.device)
-        x = self.norm(vad + self.pos(positions))
+        """A tensor ``start`` is a preallocated cache's position (see :class:`Attention`)."""
+        at = start if isinstance(start, Tensor) else None
+        x = self.norm(vad + self.pos(start + torch.arange(vad.shape[1], device=vad.device)))
         caches = []
         for i, layer in enumerate(self.layers):
-            x, c = layer(x, cache=None if cache is None else cache[i])
+            x, c = layer(x, cache=None if cache is None else cache[i], at=at)
             caches.append(c)
         return x, caches
 
@@ -171,11 +193,32 @@ class ImageEncoder(nn.Module):
 
 @dataclass
 class DecoderState:
-    """What generation carries from step to step: the KV caches and the next position."""
+    """What generation carries from step to step: the KV caches and the next position.
+
+    With ``position`` a tensor (``[1]``, on the model's device), the self-attention caches
+    are preallocated buffers that each one-token step writes in place (see
+    :class:`Attention`): :func:`preallocated` makes them."""
 
     blocks: list[tuple[KV, KV]]
     vad: list[KV] | None
-    position: int
+    position: int | Tensor
+
+
+def preallocated(state: DecoderState, length: int) -> DecoderState:
+    """``state`` with its self-attention caches copied into buffers of ``length`` positions,
+    and its position as a tensor: the state of fixed-shape one-token steps."""
+
+    def grown(kv: KV) -> KV:
+        k, v = kv
+        n, h, t, d = k.shape
+        buffers = k.new_zeros(n, h, length, d), v.new_zeros(n, h, length, d)
+        buffers[0][:, :, :t], buffers[1][:, :, :t] = k, v
+        return buffers
+
+    blocks = [(grown(own), cross) for own, cross in state.blocks]
+    vad = None if state.vad is None else [grown(kv) for kv in state.vad]
+    device = state.blocks[0][0][0].device
+    return DecoderState(blocks, vad, torch.tensor([state.position], device=device))
 
 
 @dataclass
@@ -223,7 +266,7 @@ class SEVLM(nn.Module):
     # -- the decoder ---------------------------------------------------------------------------
 
     def embed(
-        self, input_ids: Tensor, segment_ids: Tensor, vad: Tensor, start: int, vad_cache
+        self, input_ids: Tensor, segment_ids: Tensor, vad: Tensor, start: int | Tensor, vad_cache
     ) -> tuple[Tensor, list[KV] | None]:
         """Token (+ fused VAD on the explanation) + position + segment embeddings."""
         tok = self.wte(input_ids)
@@ -233,7 +276,7 @@ class SEVLM(nn.Module):
             fused = self.fuse(torch.cat([tok, encoded.to(tok.dtype)], dim=-1))
             explanation = (segment_ids == self.explanation_segment).unsqueeze(-1)
             tok = torch.where(explanation, fused, tok)
-        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+        positions = start + torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.drop(tok + self.wpe(positions) + self.wte(segment_ids)), vad_cache
 
     def decode(
@@ -246,10 +289,11 @@ class SEVLM(nn.Module):
     ) -> tuple[Tensor, DecoderState]:
         """Final hidden states ``[N, T, C]`` for new tokens, continuing ``state`` if given."""
         start = 0 if state is None else state.position
+        at = start if isinstance(start, Tensor) else None
         x, vad_cache = self.embed(input_ids, segment_ids, vad, start, state and state.vad)
         caches = []
         for i, block in enumerate(self.blocks):
-            x, cache = block(x, memory, None if state is None else state.blocks[i])
+            x, cache = block(x, memory, None if state is None else state.blocks[i], at)
             caches.append(cache)
         return self.ln_f(x), DecoderState(caches, vad_cache, start + input_ids.shape[1])
 

@@ -109,6 +109,24 @@ def test_one_beam_is_greedy_decoding(decoder: Decoder, memory: Tensor) -> None:
     assert any(row[-1] == eos and len(row) < 25 for row in greedy)  # a text ended early
 
 
+@pytest.mark.parametrize("room", [25, 10])
+def test_fixed_shape_steps_are_greedy_decoding(decoder: Decoder, memory: Tensor, room) -> None:
+    """``graph=True`` (preallocated caches written in place; replayed as a CUDA graph on
+    CUDA, run eagerly here) writes the texts that the growing caches write: texts that end
+    early are padded, segments switch, VAD reaches the fused embeddings."""
+    greedy = decoder.generate(memory, room)
+    fixed = decoder.generate(memory, room, graph=True)
+    assert fixed == greedy
+    if room == 25:
+        assert any(decoder.because in row for row in fixed)
+        assert any(row[-1] == decoder.tokenizer.eos_token_id and len(row) < 25 for row in fixed)
+        assert [e.text for e in decoder.explain_memory(memory)] == [
+            e.text for e in decoder.explain_memory(memory, graph=True)
+        ]
+    with pytest.raises(ValueError, match="KV-cached greedy"):
+        decoder.generate(memory, beams=3, graph=True)
+
+
 def test_cached_and_uncached_beam_search_give_identical_tokens(decoder, memory) -> None:
     cached = decoder.generate(memory, beams=3)
     assert decoder.generate(memory, beams=3, use_cache=False) == cached
