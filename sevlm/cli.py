@@ -15,7 +15,7 @@ from sevlm.artemis import DataSource, load_artemis
 from sevlm.lexicon import read_lexicon
 from sevlm.text import UtterancePrep
 
-SEED_HELP = "seed of the split, sampling and training (default 0; train: the config's)"
+SEED_HELP = "seed of the split, sampling and training (default 0)"
 
 
 def add_data_args(parser: argparse.ArgumentParser, seed_help: str = SEED_HELP) -> None:
@@ -396,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
         "come from --preset, then --config, then KEY=VALUE overrides (model.FIELD, train.FIELD "
         "or a bare field name).",
     )
-    add_data_args(train)
+    add_data_args(train, "seed of the split (default 0) and of training (default: the config's "
+                  "train.seed)")  # fmt: skip
     train.add_argument("--preset", default="tiny", help="model and training preset (default tiny)")
     train.add_argument("--config", type=Path, help="YAML with model: and train: sections")
     train.add_argument(
@@ -441,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults to the model's split seed.",
     )
     add_model_args(evaluate)
-    add_data_args(evaluate)
+    add_data_args(evaluate, "seed of the split (default: the model's split seed, else 0)")
     evaluate.add_argument(
         "--split", choices=("val", "test"), default="test", help="which split (default test)"
     )
