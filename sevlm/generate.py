@@ -30,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sevlm.emotions import EMOTIONS, normalize_emotion
 from sevlm.lexicon import VADLexicon
-from sevlm.model import KV, SEVLM, DecoderState, preallocated
+from sevlm.model import KV, SEVLM, DecoderState, load_state, preallocated
 from sevlm.sequences import BECAUSE, SequenceBuilder
 
 MAX_NEW_TOKENS = 25
@@ -81,6 +81,9 @@ class Decoder:
         self._prompt_text = tokenizer.decode(self.prompt.input_ids[1:])
         self._words: dict[int, str | object | None] = {}
         """Per token id, what its text alone says of the word it ends (:meth:`_own_word`)."""
+        self._fixed: _FixedStep | None = None
+        """The last fixed-shape step, for the next call with the same shapes (on CUDA, a
+        capture costs a warm-up step and empties the allocator's cache)."""
 
     def _token_vad(self, rows: list[list[int]]) -> Tensor:
         """VAD of each row's last token: its word's, from the text written so far."""
@@ -116,6 +119,15 @@ class Decoder:
             return match.group(0)
         return _IN_TEXT
 
+    def _fixed_step(self, memory: Tensor, state: DecoderState, length: int) -> _FixedStep:
+        """A fixed-shape step for ``memory``'s batch and ``length`` positions, loaded with
+        ``state``: the last one when the shapes match, else a new one."""
+        if self._fixed is None or not self._fixed.fits(self.model, memory, length):
+            self._fixed = None  # its graph's memory goes back before the next capture
+            self._fixed = _FixedStep(self.model, memory, preallocated(state, length))
+        self._fixed.load(memory, state)
+        return self._fixed
+
     def _room(self, max_new_tokens: int) -> int:
         """How many tokens a text may have after the prompt."""
         return min(max_new_tokens, self.model.config.n_positions - len(self.prompt.input_ids))
@@ -135,6 +147,8 @@ class Decoder:
         steps of fixed shapes, replayed as a CUDA graph on CUDA (see the module)."""
         if graph and (beams != 1 or not use_cache):
             raise ValueError("graph=True is for KV-cached greedy decoding (beams=1)")
+        if graph and self.model.training:
+            raise ValueError("graph=True needs the model in eval mode (no dropout to capture)")
         if beams == 1:
             return self._greedy(memory, max_new_tokens, use_cache, graph)
         return [h.tokens for h in self.beam_search(memory, beams, max_new_tokens, use_cache)]
@@ -290,7 +304,7 @@ class _Texts:
             hidden, self.state = model.decode(*self.unread, self.memory, self.state)
             if self.fixed_room is not None:  # the prompt is read: fixed-shape steps from here
                 length = self.state.position + self.fixed_room
-                self.fixed = _FixedStep(model, self.memory, preallocated(self.state, length))
+                self.fixed = self.decoder._fixed_step(self.memory, self.state, length)
             return model.logits(hidden[:, -1])
         # As the released code does: the whole prefix is re-read, and GPT-2's LM head scores
         # every position before the last one is taken.
@@ -331,7 +345,8 @@ class _FixedStep:
     The logits returned are overwritten by the next step."""
 
     def __init__(self, model: SEVLM, memory: Tensor, state: DecoderState) -> None:
-        self.model, self.memory, self.state = model, memory, state
+        self.model, self.state = model, state
+        self.memory = memory.clone()  # read only through the cross-attention caches
         n, device = memory.shape[0], memory.device
         self.inputs = (
             torch.zeros(n, 1, dtype=torch.long, device=device),
@@ -340,7 +355,19 @@ class _FixedStep:
         )
         self.graph: torch.cuda.CUDAGraph | None = None
         if memory.is_cuda:
-            self.logits = self._capture()
+            with torch.cuda.device(device):
+                self.logits = self._capture()
+
+    def fits(self, model: SEVLM, memory: Tensor, length: int) -> bool:
+        """Whether this step serves ``model`` for ``memory``'s batch and ``length`` positions."""
+        mine = self.memory
+        same = (memory.shape, memory.dtype, memory.device) == (mine.shape, mine.dtype, mine.device)
+        return model is self.model and same and self.state.blocks[0][0][0].shape[2] == length
+
+    def load(self, memory: Tensor, state: DecoderState) -> None:
+        """Start from ``state``, the prompt read with growing caches."""
+        self.memory.copy_(memory)
+        load_state(self.state, state)
 
     def _step(self) -> Tensor:
         hidden, _ = self.model.decode(*self.inputs, self.memory, self.state)
@@ -356,7 +383,7 @@ class _FixedStep:
             self._step()
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             return self._step()
 
     def __call__(self, input_ids: Tensor, segment_ids: Tensor, vad: Tensor) -> Tensor:
@@ -366,7 +393,8 @@ class _FixedStep:
         if self.graph is None:
             logits = self._step()
         else:
-            self.graph.replay()
+            with torch.cuda.device(self.memory.device):
+                self.graph.replay()
             logits = self.logits
         self.state.position += 1  # in place: the captured step reads this tensor
         return logits

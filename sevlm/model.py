@@ -205,20 +205,32 @@ class DecoderState:
 
 
 def preallocated(state: DecoderState, length: int) -> DecoderState:
-    """``state`` with its self-attention caches copied into buffers of ``length`` positions,
-    and its position as a tensor: the state of fixed-shape one-token steps."""
+    """Buffers of their own for ``state``'s caches, the self-attention ones with room for
+    ``length`` positions, and a tensor position, loaded with ``state`` (:func:`load_state`):
+    the state of fixed-shape one-token steps."""
 
-    def grown(kv: KV) -> KV:
-        k, v = kv
-        n, h, t, d = k.shape
-        buffers = k.new_zeros(n, h, length, d), v.new_zeros(n, h, length, d)
-        buffers[0][:, :, :t], buffers[1][:, :, :t] = k, v
-        return buffers
+    def empty(kv: KV, positions: int | None = None) -> KV:
+        n, h, t, d = kv[0].shape
+        return kv[0].new_zeros(n, h, positions or t, d), kv[1].new_zeros(n, h, positions or t, d)
 
-    blocks = [(grown(own), cross) for own, cross in state.blocks]
-    vad = None if state.vad is None else [grown(kv) for kv in state.vad]
-    device = state.blocks[0][0][0].device
-    return DecoderState(blocks, vad, torch.tensor([state.position], device=device))
+    blocks = [(empty(own, length), empty(cross)) for own, cross in state.blocks]
+    vad = None if state.vad is None else [empty(kv, length) for kv in state.vad]
+    position = torch.zeros(1, dtype=torch.long, device=state.blocks[0][0][0].device)
+    fixed = DecoderState(blocks, vad, position)
+    load_state(fixed, state)
+    return fixed
+
+
+def load_state(fixed: DecoderState, state: DecoderState) -> None:
+    """Copy ``state`` (caches as long as what was read) into ``fixed``'s buffers, in place."""
+    blocks = zip(fixed.blocks, state.blocks, strict=True)
+    pairs = [pair for f, s in blocks for pair in zip(f, s, strict=True)]
+    if state.vad is not None:
+        pairs += list(zip(fixed.vad, state.vad, strict=True))
+    for (fk, fv), (k, v) in pairs:
+        fk[:, :, : k.shape[2]].copy_(k)
+        fv[:, :, : v.shape[2]].copy_(v)
+    fixed.position.fill_(state.position)
 
 
 @dataclass

@@ -127,6 +127,25 @@ def test_fixed_shape_steps_are_greedy_decoding(decoder: Decoder, memory: Tensor,
         decoder.generate(memory, beams=3, graph=True)
 
 
+def test_fixed_shape_steps_are_reused_and_reloaded(decoder: Decoder, memory: Tensor) -> None:
+    """A later call of the same shapes reuses the step (on CUDA, its captured graph) with the
+    new images and prompt caches loaded; other shapes make a new one."""
+    decoder.generate(memory, graph=True)
+    step = decoder._fixed
+    other = memory.flip(0) + 0.5 * torch.randn_like(memory)
+    assert decoder.generate(other, graph=True) == decoder.generate(other)
+    assert decoder._fixed is step
+    assert decoder.generate(memory, graph=True) == decoder.generate(memory)
+    assert decoder.generate(memory[:2], graph=True) == decoder.generate(memory[:2])
+    assert decoder._fixed is not step
+    decoder.model.train()
+    try:
+        with pytest.raises(ValueError, match="eval mode"):
+            decoder.generate(memory, graph=True)
+    finally:
+        decoder.model.eval()
+
+
 def test_cached_and_uncached_beam_search_give_identical_tokens(decoder, memory) -> None:
     cached = decoder.generate(memory, beams=3)
     assert decoder.generate(memory, beams=3, use_cache=False) == cached
