@@ -35,7 +35,7 @@ bench() {  # NAME SECONDS SCRIPT ARGS...: one benchmark, its log under $OUT, its
   echo "== $name: $* (limit ${limit}s)"
   timeout "$limit" python3 "$@" >"$OUT/$name.log" 2>&1
   echo "exit $? after ${SECONDS}s in all"
-  grep -E '^(\||settings|[a-z /]+: [0-9.]+x|.*/ .*: [0-9.]+|error|warning)' "$OUT/$name.log"
+  grep -E '^(\||settings|phases|[a-z /]+: [0-9.]+x|.*/ .*: [0-9.]+|.*took [0-9.]+ s|error|warning)' "$OUT/$name.log"
 }
 
 bench train 300 bench/train_step.py --preset paper --settings released,eager,ours \

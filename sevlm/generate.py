@@ -10,8 +10,9 @@ tokens.
 
 Greedy decoding (``beams=1``) writes one text per image. With ``graph=True`` its steps have
 fixed shapes (caches preallocated for the whole text and written in place), and on CUDA each
-step is one replay of a CUDA graph captured after the prompt: a cached step is otherwise bound
-by launching the model's kernels one by one, not by the GPU's arithmetic (bench/RESULTS.md).
+step is one replay of a CUDA graph captured after the prompt: a cached step there is otherwise
+bound by per-step overhead (Python, one launch per kernel), not by the GPU's arithmetic
+(bench/RESULTS.md).
 
 Beam search keeps several texts per image, each with its own segment and VAD; after every
 step the texts, with their caches or inputs, are re-indexed to follow the hypotheses kept.
@@ -122,10 +123,11 @@ class Decoder:
     def _fixed_step(self, memory: Tensor, state: DecoderState, length: int) -> _FixedStep:
         """A fixed-shape step for ``memory``'s batch and ``length`` positions, loaded with
         ``state``: the last one when the shapes match, else a new one."""
-        if self._fixed is None or not self._fixed.fits(self.model, memory, length):
+        if self._fixed is not None and self._fixed.fits(self.model, memory, length):
+            load_state(self._fixed.state, state)
+        else:
             self._fixed = None  # its graph's memory goes back before the next capture
             self._fixed = _FixedStep(self.model, memory, preallocated(state, length))
-        self._fixed.load(memory, state)
         return self._fixed
 
     def _room(self, max_new_tokens: int) -> int:
@@ -342,11 +344,15 @@ class _FixedStep:
     """KV-cached one-token steps of fixed shapes: the caches are preallocated buffers written
     in place, and the step's inputs are copied into buffers of their own. On CUDA the step is
     captured once as a CUDA graph, and each step is one replay; elsewhere it runs eagerly.
-    The logits returned are overwritten by the next step."""
+    The logits returned are overwritten by the next step.
+
+    The images enter through the cross-attention caches of ``state``, which every call loads:
+    the ``memory`` the step passes on is not read. A captured step reads the model's weights
+    where they were: updated in place (an optimizer step) is fine, replaced is not (then
+    build a new :class:`Decoder`)."""
 
     def __init__(self, model: SEVLM, memory: Tensor, state: DecoderState) -> None:
-        self.model, self.state = model, state
-        self.memory = memory.clone()  # read only through the cross-attention caches
+        self.model, self.memory, self.state = model, memory, state
         n, device = memory.shape[0], memory.device
         self.inputs = (
             torch.zeros(n, 1, dtype=torch.long, device=device),
@@ -363,11 +369,6 @@ class _FixedStep:
         mine = self.memory
         same = (memory.shape, memory.dtype, memory.device) == (mine.shape, mine.dtype, mine.device)
         return model is self.model and same and self.state.blocks[0][0][0].shape[2] == length
-
-    def load(self, memory: Tensor, state: DecoderState) -> None:
-        """Start from ``state``, the prompt read with growing caches."""
-        self.memory.copy_(memory)
-        load_state(self.state, state)
 
     def _step(self) -> Tensor:
         hidden, _ = self.model.decode(*self.inputs, self.memory, self.state)

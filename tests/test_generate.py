@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from sevlm.config import ModelConfig
-from sevlm.generate import Decoder
+from sevlm.generate import Decoder, _FixedStep
 from sevlm.lexicon import VADLexicon
 from sevlm.tokenizer import load_tokenizer
 from sevlm.weights import build_model
@@ -110,21 +110,28 @@ def test_one_beam_is_greedy_decoding(decoder: Decoder, memory: Tensor) -> None:
 
 
 @pytest.mark.parametrize("room", [25, 10])
-def test_fixed_shape_steps_are_greedy_decoding(decoder: Decoder, memory: Tensor, room) -> None:
+def test_fixed_shape_steps_are_greedy_decoding(
+    decoder: Decoder, memory: Tensor, room: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``graph=True`` (preallocated caches written in place; replayed as a CUDA graph on
     CUDA, run eagerly here) writes the texts that the growing caches write: texts that end
     early are padded, segments switch, VAD reaches the fused embeddings."""
     greedy = decoder.generate(memory, room)
+    calls = []
+    step = _FixedStep.__call__
+    monkeypatch.setattr(_FixedStep, "__call__", lambda *a: calls.append(1) or step(*a))
     fixed = decoder.generate(memory, room, graph=True)
     assert fixed == greedy
+    assert len(calls) == max(len(row) for row in fixed) - 1  # every step after the prompt's
     if room == 25:
         assert any(decoder.because in row for row in fixed)
         assert any(row[-1] == decoder.tokenizer.eos_token_id and len(row) < 25 for row in fixed)
         assert [e.text for e in decoder.explain_memory(memory)] == [
             e.text for e in decoder.explain_memory(memory, graph=True)
         ]
-    with pytest.raises(ValueError, match="KV-cached greedy"):
-        decoder.generate(memory, beams=3, graph=True)
+    for settings in ({"beams": 3}, {"use_cache": False}):
+        with pytest.raises(ValueError, match="KV-cached greedy"):
+            decoder.generate(memory, graph=True, **settings)
 
 
 def test_fixed_shape_steps_are_reused_and_reloaded(decoder: Decoder, memory: Tensor) -> None:
@@ -133,6 +140,7 @@ def test_fixed_shape_steps_are_reused_and_reloaded(decoder: Decoder, memory: Ten
     decoder.generate(memory, graph=True)
     step = decoder._fixed
     other = memory.flip(0) + 0.5 * torch.randn_like(memory)
+    assert decoder.generate(other) != decoder.generate(memory)
     assert decoder.generate(other, graph=True) == decoder.generate(other)
     assert decoder._fixed is step
     assert decoder.generate(memory, graph=True) == decoder.generate(memory)
