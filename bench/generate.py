@@ -28,7 +28,6 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -61,7 +60,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 
 @contextmanager
-def timing(owner: type, name: str, totals: dict[str, float], sync: Callable[[], None]):
+def timing(owner: type, name: str, totals: dict[str, float]):
     """Add the wall time of every call of ``owner.name`` to ``totals[name]``, waited for."""
     method = getattr(owner, name)
 
@@ -86,13 +85,12 @@ def phase_times(
 ) -> dict[str, float]:
     """Mean ms per step of KV-cached greedy decoding spent in each phase, each waited for,
     after one untimed call (a capture before may have emptied the allocator's cache)."""
-    sync = torch.cuda.synchronize if memory.is_cuda else lambda: None
     decoder.generate(memory, new_tokens, use_cache=True, graph=graph)
     totals: dict[str, float] = {}
     with (
-        timing(_Texts, "logits", totals, sync),
-        timing(_Texts, "append", totals, sync),
-        timing(Decoder, "_token_vad", totals, sync),
+        timing(_Texts, "logits", totals),
+        timing(_Texts, "append", totals),
+        timing(Decoder, "_token_vad", totals),
     ):
         sync()
         started = time.perf_counter()
