@@ -156,13 +156,14 @@ class Decoder:
         return [h.tokens for h in self.beam_search(memory, beams, max_new_tokens, use_cache)]
 
     def _greedy(
-        self, memory: Tensor, max_new_tokens: int, use_cache: bool, graph: bool = False
+        self, memory: Tensor, max_new_tokens: int, use_cache: bool, graph: bool
     ) -> list[list[int]]:
         """The most likely token at each step; a text that ended is fed pads until all have."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        texts = _Texts(self, memory, use_cache, self._room(max_new_tokens) if graph else None)
+        room = self._room(max_new_tokens)
+        texts = _Texts(self, memory, use_cache, room if graph else None)
         done = torch.zeros(memory.shape[0], dtype=torch.bool, device=memory.device)
-        for _ in range(self._room(max_new_tokens)):
+        for _ in range(room):
             token = texts.logits().argmax(dim=-1)
             token = torch.where(done, torch.full_like(token, pad), token)
             done |= token == eos
