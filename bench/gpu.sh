@@ -6,8 +6,16 @@
 #   OUT=/tmp/gpu bash bench/gpu.sh [SCALE [NAME ...]]
 #
 # Each benchmark is stopped at its own time limit (seconds, times SCALE, default 1): about
-# 10 minutes in all at most, one device call. NAMEs pick benchmarks (default: all), in this
-# order: training speed and memory of the paper preset first, then generation.
+# 10 minutes in all at most, one device call. NAMEs pick benchmarks (default: all but data),
+# in this order: training speed and memory of the paper preset first, then generation, then
+# Ray Data against a DataLoader with 4 and 8 of the machine's CPUs (data_4, data_8).
+#
+# The data benchmark needs Ray, whose wheel (79 MB) is over what one call carries. It sits
+# split in two under .whl-ray/ (git-ignored: `split -b 40M -d`, with jsonschema and its
+# dependencies, the only ones Ray needs that the machine lacks) and travels in two calls to
+# one warm machine, the second within 30 s of the first:
+#   run(command="mkdir -p /tmp/sevlm-ray && cp .whl-ray/a/* /tmp/sevlm-ray/", carry=[".whl-ray/a"])
+#   run(command="OUT=$OUT bash bench/gpu.sh 1 data_4 data_8", carry=[".whl", ".whl-ray/b"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/sevlm-gpu}
@@ -18,6 +26,13 @@ mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/sevlm-site .whl/*.whl || exit 1
+fi
+if ls .whl-ray/b/*.part01 /tmp/sevlm-ray/*.part00 >/dev/null 2>&1; then  # Ray, in halves
+  ray_wheel=$(basename .whl-ray/b/*.part01 .part01)
+  cat "/tmp/sevlm-ray/$ray_wheel.part00" ".whl-ray/b/$ray_wheel.part01" >"/tmp/sevlm-ray/$ray_wheel"
+  (cd /tmp/sevlm-ray && sha256sum -c "$OLDPWD/.whl-ray/b/ray.sha256") || exit 1
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/sevlm-site "/tmp/sevlm-ray/$ray_wheel" .whl-ray/b/*.whl || exit 1
 fi
 export PYTHONPATH="/tmp/sevlm-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
@@ -44,3 +59,7 @@ bench memory_fp16 150 bench/train_step.py --preset paper --settings uncached,our
   --precision fp16 --steps 20 --warmup 3
 bench generate_paper 90 bench/generate.py --preset paper --repeats 5 --phases
 bench generate_tiny 60 bench/generate.py --repeats 5 --phases
+for cpus in 4 8; do
+  bench "data_$cpus" 240 bench/data.py --cpus "$cpus" --epochs-per-pass 10 --repeats 2 \
+    --no-reference
+done
