@@ -29,6 +29,7 @@ from sevlm.feature_cache import (
     cached_or_written,
     data_fingerprint,
 )
+from sevlm.images import RESIZE
 from sevlm.model import ImageEncoder
 from sevlm.tokenizer import load_tokenizer
 from sevlm.training import autocast_dtype
@@ -72,6 +73,7 @@ def cache_key(
         "weights_sha256": weights_hash(encoder),
         "vision": {k: getattr(config, k, None) for k in VISION_FIELDS},
         "image_size": example.image_size,
+        "resize": RESIZE,
         "mean": encoder.pixel_mean.flatten().tolist(),
         "std": encoder.pixel_std.flatten().tolist(),
         "dtype": np.dtype(DTYPE).name,

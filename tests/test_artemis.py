@@ -130,10 +130,26 @@ def test_a_long_strip_is_resized_only_where_it_is_cropped(tmp_path: Path, monkey
     pixels = ImageTransform(size=64).load(strip)
     assert sizes == [(64, 64)]
     assert pixels.shape == (3, 64, 64) and (pixels[:, 32, 32] == (10, 200, 30)).all()
-    rng = np.random.default_rng(0)
-    wide = Image.fromarray(rng.integers(0, 256, (64, 5 * 64, 3), dtype=np.uint8))  # 5:1
-    plain = wide.resize((320, 64), Image.Resampling.BICUBIC).crop((128, 0, 192, 64))
-    assert np.array_equal(ImageTransform(size=64)(wide), np.asarray(plain).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize(
+    "width, height", [(64, 64), (96, 72), (72, 96), (114, 64), (320, 64), (24, 16)]
+)
+def test_resampling_the_crop_alone_gives_the_whole_images_pixels(width: int, height: int) -> None:
+    """ImageTransform resamples only the centre crop's box: what resizing the whole image to
+    its shorter side and cropping the centre gives, within one level."""
+    rng = np.random.default_rng(width * height)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    scale = 48 / min(width, height)
+    new_w, new_h = round(width * scale), round(height * scale)
+    left, top = (new_w - 48) // 2, (new_h - 48) // 2
+    whole = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    expected = np.asarray(whole.crop((left, top, left + 48, top + 48))).transpose(2, 0, 1)
+    got = ImageTransform(size=48)(image)
+    assert got.shape == (3, 48, 48) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    if width == height:
+        assert np.array_equal(got, expected)
 
 
 def test_a_fifo_named_like_an_image_is_unreadable_not_a_hang(artemis_dir: Path) -> None:

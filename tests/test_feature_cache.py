@@ -125,7 +125,7 @@ def test_cached_features_give_the_same_losses_and_validation(val_cache, data, ex
         assert got[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
 
 
-def test_a_changed_key_misses(val_cache, data, example, encoder, tmp_path) -> None:
+def test_a_changed_key_misses(val_cache, data, example, encoder, tmp_path, monkeypatch) -> None:
     _, loaded = data
     key = val_cache.key
     root = val_cache.path.parent
@@ -142,6 +142,9 @@ def test_a_changed_key_misses(val_cache, data, example, encoder, tmp_path) -> No
         cache_key(other_weights, example, name, fingerprint),
         cache_key(encoder, example, encoder_name(pretrained), fingerprint),
     ]
+    with monkeypatch.context() as patch:  # another way of resampling the images
+        patch.setattr("sevlm.frozen_encoder.RESIZE", "bilinear, the whole image")
+        misses.append(cache_key(encoder, example, name, fingerprint))
     for other in misses:
         assert key_digest(other) != key_digest(key)
         assert FeatureCache.open(root, other) is None
