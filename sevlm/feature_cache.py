@@ -3,8 +3,9 @@
 With the encoder frozen (the paper's preset), its output for a painting is the same in every
 epoch of every trial. It is computed once (:mod:`sevlm.feature_encoding` with Ray Data, or
 :mod:`sevlm.frozen_encoder` in one process) and stored here: one folder per key, the key
-naming everything the features depend on (encoder, its weights, image size, resampling and
-statistics, the images themselves, the storage dtype; :func:`sevlm.frozen_encoder.cache_key`).
+naming everything the features depend on (encoder, its weights, image size, resampling (with
+Pillow's version) and statistics, the images themselves, the storage dtype;
+:func:`sevlm.frozen_encoder.cache_key`).
 
 Layout of ``<root>/<digest>/``:
 

@@ -7,17 +7,20 @@ on white. The file's bytes decide the format, so PNG bytes behind a ``.jpg`` nam
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from PIL import __version__ as PILLOW
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 """What ``sevlm explain`` picks up from a folder."""
-RESIZE = "bicubic, shorter side to size, the centre crop's box only"
-"""How :class:`ImageTransform` resamples: part of a feature cache's key
-(:func:`sevlm.frozen_encoder.cache_key`), so that changing it recomputes cached features."""
+RESIZE = f"bicubic, shorter side to size, across then down over the crop (Pillow {PILLOW})"
+"""How :class:`ImageTransform` resamples, with Pillow's version (whose filters decide the
+pixels): part of a feature cache's key (:func:`sevlm.frozen_encoder.cache_key`), so that a
+change recomputes cached features."""
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -78,22 +81,30 @@ class ImageTransform:
             raise ValueError(f"image size must be >= 8, got {self.size}")
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        """A uint8 array ``[3, size, size]``.
+        """A uint8 array ``[3, size, size]``: the shorter side resized to ``size`` (bicubic),
+        the centre cut out.
 
-        Only the part of the image that the centre crop keeps is resampled: the pixels of
-        resizing the whole image and then cropping, within one level (tests/test_artemis.py),
-        for a fifth to two fifths less resampling on 4:3 to 16:9 paintings
-        (bench/transform.py), and a strip (1 x 200000 pixels, say) never becomes a 64 x 12.8M
-        intermediate image.
+        Only what the crop keeps is resampled: across, over the columns of the crop and the
+        rows that the second pass reads, then down. That is the order of a resize of the whole
+        image, so the pixels are those of resizing it all and then cropping, within one level
+        (tests/test_artemis.py), for less work on a painting that is not square
+        (bench/transform.py), and a strip (1 x 200000 pixels, say) never becomes a huge image
+        on the way. Two calls, since Pillow picks the order of its passes for itself, and for
+        part of an image it sometimes goes down first (over 20 levels apart on random pixels).
         """
         image = to_rgb(image)
-        w, h = image.size
-        scale = self.size / min(w, h)
-        new_w, new_h = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        box = (left * w / new_w, top * h / new_h,
-               (left + self.size) * w / new_w, (top + self.size) * h / new_h)  # fmt: skip
-        image = image.resize((self.size, self.size), Image.Resampling.BICUBIC, box=box)
+        w, h, size = *image.size, self.size
+        scale = size / min(w, h)
+        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        x0, x1 = left * w / new_w, (left + size) * w / new_w  # the crop's box in the image
+        y0, y1 = top * h / new_h, (top + size) * h / new_h
+        reach = math.ceil(2 * max(h / new_h, 1)) + 1  # bicubic: 2 rows a side, times the downscale
+        r0, r1 = max(0, math.floor(y0) - reach), min(h, math.ceil(y1) + reach)
+        rows = image if (r0, r1) == (0, h) else image.crop((0, r0, w, r1))
+        bicubic = Image.Resampling.BICUBIC
+        image = rows.resize((size, r1 - r0), bicubic, box=(x0, 0, x1, r1 - r0))  # across
+        image = image.resize((size, size), bicubic, box=(0, y0 - r0, size, y1 - r0))  # down
         return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
     def load(self, path: Path | str) -> np.ndarray:
