@@ -85,12 +85,13 @@ class ImageTransform:
         the centre cut out.
 
         Only what the crop keeps is resampled: across, over the columns of the crop and the
-        rows that the second pass reads, then down. That is the order of a resize of the whole
-        image, so the pixels are those of resizing it all and then cropping, within one level
-        (tests/test_artemis.py), for less work on a painting that is not square
-        (bench/transform.py), and a strip (1 x 200000 pixels, say) never becomes a huge image
-        on the way. Two calls, since Pillow picks the order of its passes for itself, and for
-        part of an image it sometimes goes down first (over 20 levels apart on random pixels).
+        rows that the second pass reads, then down. The pixels are those of resizing the whole
+        image across, then down, then cropping, within two levels (tests/test_artemis.py), for
+        less work on a painting that is not square (bench/transform.py), and a strip (1 x
+        200000 pixels, say) never becomes a huge image on the way. Two calls fix the order of
+        the passes, which Pillow otherwise picks for itself: it goes down first for some
+        shapes (a whole portrait of 1:2 or taller, a box of some others), and rounding the
+        intermediate image at the other stage moves pixels by up to about 20 levels.
         """
         image = to_rgb(image)
         w, h, size = *image.size, self.size
