@@ -120,7 +120,7 @@ def run_trial(
     trial id yet) holds its workers at each rung of successive halving."""
     trial_id = ray.tune.get_context().get_trial_id()
     model_cfg, train_cfg = override_configs(*spec.configs, config)
-    run_training(
+    outcome = run_training(
         DataSource.from_dict(spec.source),
         model_cfg,
         train_cfg,
@@ -139,6 +139,21 @@ def run_trial(
         rung_gate=dataclasses.replace(gate, trial_id=trial_id) if gate else None,
         printer=lambda line: print(f"[{trial_id}] {line}", flush=True),
     )
+    if not _reported_to_tune():
+        # The Train run had ended before the sweep's driver died, and resumed it trained and
+        # reported nothing: without a result Tune fails the whole sweep (its metric check).
+        ray.tune.report(outcome.metrics)
+
+
+def _reported_to_tune() -> bool:
+    """Whether this trial has passed Tune a result since it started, or has one waiting:
+    what ``TuneReportCallback`` forwards goes through the session's queue (one item) to its
+    counted reports (Ray's private session, as the callback itself uses it)."""
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    waiting = session._inter_actor_queue
+    return session.iteration > 0 or (waiting is not None and not waiting.empty())
 
 
 def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = print) -> SweepOutcome:

@@ -285,8 +285,13 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
                 _, runs = child_runs(uri, "killed")
                 done = [r for r in runs if r.info.status == "FINISHED"]
                 running = [r for r in runs if r.info.status == "RUNNING"]
-                # Ray Train resumes from the checkpoints its snapshot lists
-                saved = [r for r in running if (trials / r.info.run_name / SNAPSHOT).is_file()]
+                # Ray Train resumes from the checkpoints its snapshot lists; one that has
+                # logged its last validation (step 8) may have ended its Train run already
+                saved = [
+                    r for r in running
+                    if (trials / r.info.run_name / SNAPSHOT).is_file()
+                    and metric_steps(uri, runs, r.info.run_name) == [4]
+                ]  # fmt: skip
                 return done and saved and (runs, saved[0].info.run_name)
 
             trials = tmp_path / "storage" / "killed-trials"
