@@ -23,16 +23,18 @@ scale=${1:-1}
 shift $(($# > 0 ? 1 : 0))
 wanted=" ${*:-train memory_fp16 generate_paper generate_tiny} "
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/sevlm-site .whl/*.whl || exit 1
-fi
+shopt -s nullglob
+wheels=(.whl/*.whl)
+shopt -u nullglob
 if ls .whl-ray/b/*.part01 /tmp/sevlm-ray/*.part00 >/dev/null 2>&1; then  # Ray, in halves
   ray_wheel=$(basename .whl-ray/b/*.part01 .part01)
   cat "/tmp/sevlm-ray/$ray_wheel.part00" ".whl-ray/b/$ray_wheel.part01" >"/tmp/sevlm-ray/$ray_wheel"
   (cd /tmp/sevlm-ray && sha256sum -c "$OLDPWD/.whl-ray/b/ray.sha256") || exit 1
+  wheels+=("/tmp/sevlm-ray/$ray_wheel" .whl-ray/b/*.whl)
+fi
+if ((${#wheels[@]})); then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/sevlm-site "/tmp/sevlm-ray/$ray_wheel" .whl-ray/b/*.whl || exit 1
+    --target /tmp/sevlm-site "${wheels[@]}" || exit 1
 fi
 export PYTHONPATH="/tmp/sevlm-site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1

@@ -100,12 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         for width, height in SHAPES:
             paths = write_images(Path(tmp), width, height, args.images)
             images = [load_rgb(p, draft_size=2 * args.size) for p in paths]
-            off = max(int(np.abs(box(im).astype(int) - across_first(im)).max()) for im in images)
+            outputs = [(box(im).astype(int), im) for im in images]
+            off = max(int(np.abs(out - across_first(im)).max()) for out, im in outputs)
             if off > 2:
                 print(f"error: {width}x{height}: {off} levels from across, then down, then "
                       "the crop", file=sys.stderr)  # fmt: skip
                 return 1
-            worst = max(int(np.abs(box(im).astype(int) - whole(im)).max()) for im in images)
+            worst = max(int(np.abs(out - whole(im)).max()) for out, im in outputs)
             load_whole = lambda p: whole(load_rgb(p, draft_size=2 * args.size))  # noqa: E731
             times: dict[str, list[float]] = {k: [] for k in ("whole", "box", "lw", "lb")}
             for _ in range(args.repeats):
