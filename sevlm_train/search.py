@@ -141,7 +141,8 @@ def run_trial(
     )
     if not _reported_to_tune():
         # The Train run had ended before the sweep's driver died, and resumed it trained and
-        # reported nothing: without a result Tune fails the whole sweep (its metric check).
+        # reported nothing. Without a result, Tune ends the trial on the last one it saved
+        # (the sweep would call the finished trial pruned), or fails the sweep if it saved none.
         ray.tune.report(outcome.metrics)
 
 

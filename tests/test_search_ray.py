@@ -330,6 +330,58 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     }
 
 
+def test_resume_reports_a_trial_whose_training_ended_before_the_driver_died(sample, tmp_path):
+    """The sweep's state as saved mid-trial, but the trial's Train run (and MLflow run)
+    finished after it: what a driver killed in that window leaves. On --resume Tune runs the
+    trial again, its training has nothing left to do and reports nothing, and the trial must
+    still pass Tune its result. (Without it, Tune took the saved step-4 result as the trial's
+    last: the sweep called the finished trial pruned, registered no model and exited 1.)"""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = tmp_path / "storage"
+    args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
+            "--config", str(sweep_config(tmp_path, samples=1, grace_period=2)),
+            "--name", "ended", "--storage", str(storage), "--output", str(tmp_path / "runs"),
+            "--tracking-uri", uri]  # fmt: skip
+    env = child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="re", dir="/tmp"))
+    saved = tmp_path / "tune-state-mid-trial"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        try:
+
+            def validated_at_step_4():
+                _, runs = child_runs(uri, "ended")
+                running = [r for r in runs if r.info.status == "RUNNING"]
+                return running and metric_steps(uri, runs, running[0].info.run_name) == [4]
+
+            wait_for(validated_at_step_4, 400, "the trial's first validation", 0.5)
+            time.sleep(3)  # Tune saves its state every 2 s here (TUNE_GLOBAL_CHECKPOINT_S)
+            shutil.copytree(storage / "ended", saved)
+            assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()[-3000:]
+        finally:
+            stop_session(first, grace_s=0)
+    _, (trial,) = child_runs(uri, "ended")
+    assert trial.info.status == "FINISHED"
+    assert "RUNNING" in "".join(p.read_text() for p in saved.glob("experiment_state*.json"))
+    shutil.rmtree(storage / "ended")
+    shutil.copytree(saved, storage / "ended")  # as if the driver died when that was saved
+
+    resumed = subprocess.run(
+        [*args, "--resume"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    parent, (again,) = child_runs(uri, "ended")  # the same MLflow run, not a second one
+    assert again.info.run_id == trial.info.run_id and again.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED"
+    assert metric_steps(uri, [again], again.info.run_name) == [4, 8]  # nothing trained again
+    trial_id = trial.info.run_name.removeprefix("ended-")
+    assert re.search(rf"^{trial_id}\s+finished\s", resumed.stdout, re.M), resumed.stdout[-2000:]
+    champion = client_for(uri).get_model_version_by_alias("sevlm", "champion")
+    assert champion.run_id == trial.info.run_id
+
+
 WAITING = "rung: waiting for the sweep's verdict"
 
 
