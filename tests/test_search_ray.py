@@ -49,6 +49,23 @@ def sweep_config(folder: Path, samples: int, grace_period: int = 1, **search) ->
     return path
 
 
+def search_args(sample, folder: Path, config: Path, name: str, uri: str, *extra: str) -> list:
+    """``tune/search.py`` on the sample, with its storage and models under ``folder``."""
+    return [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
+            "--config", str(config), "--name", name, "--storage", str(folder / "storage"),
+            "--output", str(folder / "runs"), "--tracking-uri", uri, *extra]  # fmt: skip
+
+
+def start_sweep(args: list, env: dict[str, str], folder: Path) -> subprocess.Popen:
+    """Start a sweep in a session of its own (see :func:`stop_session`), its output in
+    ``folder/first.log``."""
+    with open(folder / "first.log", "w") as log:  # the child has its own copy of the file
+        return subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            cwd=folder,
+        )  # fmt: skip
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -266,40 +283,30 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     # No early stops: a trial stopped at its first checkpoint is RUNNING with a checkpoint
     # for a moment only, and the sweep can end before the kill below catches one.
     config = sweep_config(tmp_path, samples=3, grace_period=2)
-    args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
-            "--config", str(config), "--name", "killed", "--storage", str(tmp_path / "storage"),
-            "--output", str(tmp_path / "runs"), "--tracking-uri", uri]  # fmt: skip
+    args = search_args(sample, tmp_path, config, "killed", uri)
     env = child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rk", dir="/tmp"))
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(
-            args,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            cwd=tmp_path,
+    first = start_sweep(args, env, tmp_path)
+    try:
+
+        def one_done_one_checkpointed():
+            _, runs = child_runs(uri, "killed")
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            running = [r for r in runs if r.info.status == "RUNNING"]
+            # Ray Train resumes from the checkpoints its snapshot lists; one that has
+            # logged its last validation (step 8) may have ended its Train run already
+            saved = [
+                r for r in running
+                if (trials / r.info.run_name / SNAPSHOT).is_file()
+                and metric_steps(uri, runs, r.info.run_name) == [4]
+            ]  # fmt: skip
+            return done and saved and (runs, saved[0].info.run_name)
+
+        trials = tmp_path / "storage" / "killed-trials"
+        runs, interrupted = wait_for(
+            one_done_one_checkpointed, 400, "a finished trial and a checkpointed one", 2
         )
-        try:
-
-            def one_done_one_checkpointed():
-                _, runs = child_runs(uri, "killed")
-                done = [r for r in runs if r.info.status == "FINISHED"]
-                running = [r for r in runs if r.info.status == "RUNNING"]
-                # Ray Train resumes from the checkpoints its snapshot lists; one that has
-                # logged its last validation (step 8) may have ended its Train run already
-                saved = [
-                    r for r in running
-                    if (trials / r.info.run_name / SNAPSHOT).is_file()
-                    and metric_steps(uri, runs, r.info.run_name) == [4]
-                ]  # fmt: skip
-                return done and saved and (runs, saved[0].info.run_name)
-
-            trials = tmp_path / "storage" / "killed-trials"
-            runs, interrupted = wait_for(
-                one_done_one_checkpointed, 400, "a finished trial and a checkpointed one", 2
-            )
-        finally:
-            stop_session(first, grace_s=0)  # SIGTERM to the driver and its Ray, then SIGKILL
+    finally:
+        stop_session(first, grace_s=0)  # SIGTERM to the driver and its Ray, then SIGKILL
     killed_at = time.time() * 1000
     done_before = {r.info.run_name: r.info.end_time for r in runs if r.info.status == "FINISHED"}
 
@@ -338,30 +345,24 @@ def test_resume_reports_a_trial_whose_training_ended_before_the_driver_died(samp
     last: the sweep called the finished trial pruned, registered no model and exited 1.)"""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = tmp_path / "storage"
-    args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
-            "--config", str(sweep_config(tmp_path, samples=1, grace_period=2)),
-            "--name", "ended", "--storage", str(storage), "--output", str(tmp_path / "runs"),
-            "--tracking-uri", uri]  # fmt: skip
+    config = sweep_config(tmp_path, samples=1, grace_period=2)
+    args = search_args(sample, tmp_path, config, "ended", uri)
     env = child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="re", dir="/tmp"))
     saved = tmp_path / "tune-state-mid-trial"
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            cwd=tmp_path,
-        )  # fmt: skip
-        try:
+    first = start_sweep(args, env, tmp_path)
+    try:
 
-            def validated_at_step_4():
-                _, runs = child_runs(uri, "ended")
-                running = [r for r in runs if r.info.status == "RUNNING"]
-                return running and metric_steps(uri, runs, running[0].info.run_name) == [4]
+        def validated_at_step_4():
+            _, runs = child_runs(uri, "ended")
+            running = [r for r in runs if r.info.status == "RUNNING"]
+            return running and metric_steps(uri, runs, running[0].info.run_name) == [4]
 
-            wait_for(validated_at_step_4, 400, "the trial's first validation", 0.5)
-            time.sleep(3)  # Tune saves its state every 2 s here (TUNE_GLOBAL_CHECKPOINT_S)
-            shutil.copytree(storage / "ended", saved)
-            assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()[-3000:]
-        finally:
-            stop_session(first, grace_s=0)
+        wait_for(validated_at_step_4, 400, "the trial's first validation", 0.5)
+        time.sleep(3)  # Tune saves its state every 2 s here (TUNE_GLOBAL_CHECKPOINT_S)
+        shutil.copytree(storage / "ended", saved)
+        assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        stop_session(first, grace_s=0)
     _, (trial,) = child_runs(uri, "ended")
     assert trial.info.status == "FINISHED"
     assert "RUNNING" in "".join(p.read_text() for p in saved.glob("experiment_state*.json"))
@@ -394,30 +395,19 @@ def test_halving_waits_at_the_rung_through_a_killed_driver(sample, tmp_path):
     config = sweep_config(tmp_path, samples=3, reduction_factor=1.5)  # keeps 2 of 3
     storage = tmp_path / "storage"
     rungs_file = storage / "halves-trials" / "halving.json"
-    args = [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
-            "--config", str(config), "--name", "halves", "--storage", str(storage),
-            "--output", str(tmp_path / "runs"), "--tracking-uri", uri]  # fmt: skip
+    args = search_args(sample, tmp_path, config, "halves", uri)
     env = child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rh", dir="/tmp"))
-    with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            cwd=tmp_path,
-        )  # fmt: skip
-        try:
+    first = start_sweep(args, env, tmp_path)
+    try:
 
-            def two_waiting():  # the second's "waiting" line reached the log, too
-                rungs = json.loads(rungs_file.read_text()) if rungs_file.is_file() else None
-                said = (tmp_path / "first.log").read_text().count(WAITING)
-                return (
-                    rungs
-                    and len(rungs["scores"][0]) == 2
-                    and rungs["kept"][0] is None
-                    and said == 2
-                )
+        def two_waiting():  # the second's "waiting" line reached the log, too
+            rungs = json.loads(rungs_file.read_text()) if rungs_file.is_file() else None
+            said = (tmp_path / "first.log").read_text().count(WAITING)
+            return rungs and len(rungs["scores"][0]) == 2 and rungs["kept"][0] is None and said == 2
 
-            wait_for(two_waiting, 400, "two trials waiting at the rung", 0.5)
-        finally:
-            stop_session(first, grace_s=0)
+        wait_for(two_waiting, 400, "two trials waiting at the rung", 0.5)
+    finally:
+        stop_session(first, grace_s=0)
 
     resumed = subprocess.run(
         [*args, "--resume"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
@@ -460,9 +450,7 @@ def test_halving_lets_the_last_trials_of_a_rung_wait_in_their_slots(sample, tmp_
     config = sweep_config(tmp_path, samples=2, reduction_factor=2)  # keeps 1 of 2
     storage = tmp_path / "storage"
     done = subprocess.run(
-        [sys.executable, str(REPO / "tune/search.py"), "--data", str(sample.out),
-         "--config", str(config), "--max-concurrent", "2", "--name", "slots",
-         "--storage", str(storage), "--output", str(tmp_path / "runs"), "--tracking-uri", uri],
+        search_args(sample, tmp_path, config, "slots", uri, "--max-concurrent", "2"),
         env=child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="rs", dir="/tmp")),
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
