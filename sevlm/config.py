@@ -118,6 +118,32 @@ class ModelConfig:
 COMPILE_BACKENDS = ("auto", "off", "inductor", "aot_eager")
 
 
+METRIC_MODES = {
+    "val/loss": "min",
+    "val/lm_loss": "min",
+    "val/vad_loss": "min",
+    "val/cl_loss": "min",
+    "val/emotion_accuracy": "max",
+    "val/bleu1": "max",
+    "val/bleu4": "max",
+}
+"""The validation metrics that can pick a checkpoint or a sweep's trials, and which way each
+is better: max (higher) or min (lower)."""
+
+
+def metric_mode(metric: str, mode: str | None, where: str) -> str:
+    """``metric``'s direction, checked against ``mode`` where one is given: a mode against
+    the metric would keep the worst checkpoint and register the worst trial."""
+    if metric not in METRIC_MODES:
+        raise ValueError(f"{where}: no metric {metric!r}; one of {', '.join(METRIC_MODES)}")
+    better = METRIC_MODES[metric]
+    if mode not in (None, better):
+        way = "higher" if better == "max" else "lower"
+        raise ValueError(f"{where}: a {way} {metric} is better, so its mode is {better}, not "
+                         f"{mode!r} (leave the mode out)")  # fmt: skip
+    return better
+
+
 @dataclass
 class TrainConfig:
     """How a model is trained. Defaults follow the released recipe."""
@@ -152,9 +178,10 @@ class TrainConfig:
     max_new_tokens: int = 25
     """Longest generated continuation during validation."""
     select_metric: str = "val/bleu4"
-    """The metric that picks the best checkpoint (the paper: validation BLEU-4)."""
-    select_mode: str = "max"
-    """Whether the selection metric is better high (max) or low (min)."""
+    """The metric that picks the best checkpoint (the paper: validation BLEU-4); one of
+    :data:`METRIC_MODES`."""
+    select_mode: str | None = None
+    """max or min; None: the metric's own direction (a contrary one is an error)."""
     early_stop: int = 10
     """Stop after this many validations without improvement; 0 never stops early."""
     keep_checkpoints: int = 2
@@ -167,6 +194,7 @@ class TrainConfig:
     """With a frozen image encoder, encode every image once into a cache read by all runs."""
 
     def __post_init__(self) -> None:
+        self.select_mode = metric_mode(self.select_metric, self.select_mode, "train config")
         checks = [
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
@@ -179,7 +207,6 @@ class TrainConfig:
             (self.lr > 0 and self.lr_vad > 0, "learning rates must be > 0"),
             (self.val_every >= 1 and self.log_every >= 1, "val_every, log_every must be >= 1"),
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision: auto|fp32|bf16|fp16"),
-            (self.select_mode in ("max", "min"), "select_mode must be max or min"),
             (self.early_stop >= 0 and self.keep_checkpoints >= 1, "early_stop >= 0, keep >= 1"),
             (self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip, weight_decay >= 0"),
         ]
@@ -219,9 +246,10 @@ class SearchConfig:
     max_concurrent: int | None = None
     """Trials at once; None: as many as the cluster holds."""
     metric: str | None = None
-    """The metric to optimise; None: the train config's ``select_metric``."""
+    """The metric to optimise (one of :data:`METRIC_MODES`); None: the train config's
+    ``select_metric``."""
     mode: str | None = None
-    """max or min; None: the train config's ``select_mode``."""
+    """max or min; None: the metric's own direction (a contrary one is an error)."""
     startup_trials: int | None = None
     """TPE's random start-up trials; None: half the trials, at most 10 (Optuna's default)."""
     scheduler: str = "halving"
@@ -239,7 +267,9 @@ class SearchConfig:
             raise ValueError("search config: num_samples and max_concurrent must be >= 1")
         if self.startup_trials is not None and self.startup_trials < 0:
             raise ValueError("search config: startup_trials must be >= 0")
-        if self.mode not in (None, "max", "min"):
+        if self.metric is not None:
+            metric_mode(self.metric, self.mode, "search config")
+        elif self.mode not in (None, "max", "min"):
             raise ValueError("search config: mode must be max or min")
         if self.scheduler not in ("halving", "asha"):
             raise ValueError(f"search config: scheduler must be halving or asha, not "
@@ -379,6 +409,10 @@ def _build(
                              "--config, as a whole mapping")  # fmt: skip
         section, field_name = field_of(key, f"override {key!r}")
         values[section][field_name] = value
+    if not {"select_mode", "train.select_mode"} & overrides.keys() and (
+        {"select_metric", "train.select_metric"} & overrides.keys()
+    ):
+        values["train"]["select_mode"] = None  # the new metric's own, not the old one's
     return _from_dict(ModelConfig, values["model"]), _from_dict(TrainConfig, values["train"])
 
 

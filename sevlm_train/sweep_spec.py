@@ -17,7 +17,7 @@ import pyarrow.fs
 import ray.tune
 
 from sevlm.artemis import DataSource
-from sevlm.config import ModelConfig, SearchConfig, TrainConfig, override_configs
+from sevlm.config import ModelConfig, SearchConfig, TrainConfig, metric_mode, override_configs
 from sevlm.text import UtterancePrep
 from sevlm.tracking import find_or_create_run, resolve_tracking_uri
 from sevlm_train.driver import Scaling
@@ -82,7 +82,8 @@ def make_spec(
 ) -> SweepSpec:
     """A new sweep's spec: trials use ``search.trial`` settings and select by the metric."""
     model, train = override_configs(model, train, search.trial)
-    metric, mode = search.metric or train.select_metric, search.mode or train.select_mode
+    metric = search.metric or train.select_metric
+    mode = metric_mode(metric, search.mode, "search")
     model, train = override_configs(model, train, {"select_metric": metric, "select_mode": mode})
     return SweepSpec(
         name=name,

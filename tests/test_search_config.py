@@ -136,6 +136,16 @@ def test_spec_applies_trial_settings_and_the_metric(tmp_path, sample):
     assert spec.metric == "val/emotion_accuracy" and spec.mode == "max"
 
 
+def test_the_search_mode_follows_its_metric(tmp_path, sample):
+    """The tiny preset selects by val/lm_loss (min); optimising BLEU-4 must maximise it."""
+    spec = spec_for(Path(sample.out), metric="val/bleu4")
+    assert spec.mode == "max" and spec.train["select_mode"] == "max"
+    with pytest.raises(ValueError, match="lower val/lm_loss is better, so its mode is min"):
+        SearchConfig(metric="val/lm_loss", mode="max")
+    with pytest.raises(ValueError, match="search: a lower val/lm_loss is better"):
+        spec_for(Path(sample.out), mode="max")  # the mode alone, for the train config's metric
+
+
 def test_spec_round_trips_and_resume_finds_the_newest(tmp_path, sample):
     import os
     import time

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sevlm.artemis import DataSource, load_artemis
-from sevlm.config import ModelConfig, TrainConfig
+from sevlm.config import ModelConfig, TrainConfig, load_configs, override_configs
 from sevlm.examples import ExampleConfig, iter_batches
 from sevlm.generate import Decoder
 from sevlm.lexicon import read_lexicon
@@ -42,10 +42,25 @@ def setup(sample):
 def test_train_config_validation() -> None:
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="fp8")
-    with pytest.raises(ValueError, match="select_mode"):
-        TrainConfig(select_mode="best")
-    assert TrainConfig(select_mode="min").better(1.0, 2.0)
+    assert TrainConfig(select_metric="val/lm_loss").better(1.0, 2.0)
     assert not TrainConfig().better(1.0, 2.0) and TrainConfig().better(0.0, None)
+
+
+def test_the_selection_mode_follows_the_metric() -> None:
+    """A mode against the metric would keep the worst checkpoint: the mode is the metric's
+    own direction, also where an override changes the metric of a preset that set both."""
+    assert TrainConfig().select_mode == "max"  # val/bleu4
+    assert TrainConfig(select_metric="val/loss").select_mode == "min"
+    with pytest.raises(ValueError, match="val/bleu4 is better, so its mode is max, not 'min'"):
+        TrainConfig(select_mode="min")
+    with pytest.raises(ValueError, match="no metric 'val/bleu'; one of val/loss"):
+        TrainConfig(select_metric="val/bleu")  # caught here, not at the first validation
+    _, paper = load_configs("paper", None, {"select_metric": "val/lm_loss"})
+    assert paper.select_mode == "min"
+    _, tiny = load_configs("tiny", None, {"train.select_metric": "val/bleu4"})
+    assert tiny.select_mode == "max"
+    _, moved = override_configs(ModelConfig.preset("tiny"), tiny, {"select_metric": "val/loss"})
+    assert moved.select_mode == "min"
 
 
 def test_parameter_groups_follow_the_released_recipe(setup) -> None:

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="metric to optimise (default: the search section's, else train.select_metric)",
     )
     g.add_argument(
-        "--mode", choices=("max", "min"), help="max or min (default: as for --metric, select_mode)"
+        "--mode", choices=("max", "min"), help="max or min (default: the metric's own direction)"
     )
     g.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
     g.add_argument("--name", help="sweep name (default sweep-DATE-TIME-XXXX; --resume: the newest)")
@@ -157,6 +157,8 @@ def new_spec(args: argparse.Namespace, scaling: Scaling, storage: str, say):
     search = load_search_config(args.preset, args.config)
     overrides = {"num_samples": args.num_samples, "metric": args.metric, "mode": args.mode}
     given = {k: v for k, v in overrides.items() if v is not None}
+    if args.metric and not args.mode:
+        given["mode"] = None  # the metric's own direction, not the config's for its metric
     search = type(search)(**{**search.to_dict(), **given})
     ensure_ray(say)
     import ray
