@@ -161,6 +161,8 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
     """Run (or resume) a sweep; register the best finished trial's model."""
     started = time.perf_counter()
     search = spec.search_config
+    if not resume:  # first: a driver killed from here on leaves a sweep --resume can find
+        save_spec(spec)
     ensure_ray(printer)
     source = DataSource.from_dict(spec.source)
     printer("checking the data (every image is decoded once)...")
@@ -191,11 +193,10 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     try:
         _encode_once(spec, source, data, printer)
-        if resume:
+        if resume and ray.tune.Tuner.can_restore(path):
             printer(f"resuming {path}")
             tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=False)
-        else:
-            save_spec(spec)
+        else:  # new, or stopped before Tune saved anything: no trial had started
             tuner = _new_tuner(spec, search, trainable, scaling.concurrent_runs)
         grid = tuner.fit()
         rows = trial_rows(spec, grid)

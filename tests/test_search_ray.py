@@ -56,10 +56,12 @@ def search_args(sample, folder: Path, config: Path, name: str, uri: str, *extra:
             "--output", str(folder / "runs"), "--tracking-uri", uri, *extra]  # fmt: skip
 
 
-def start_sweep(args: list, env: dict[str, str], folder: Path) -> subprocess.Popen:
+def start_sweep(
+    args: list, env: dict[str, str], folder: Path, log_name: str = "first.log"
+) -> subprocess.Popen:
     """Start a sweep in a session of its own (see :func:`stop_session`), its output in
-    ``folder/first.log``."""
-    with open(folder / "first.log", "w") as log:  # the child has its own copy of the file
+    ``folder/log_name``."""
+    with open(folder / log_name, "w") as log:  # the child has its own copy of the file
         return subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             cwd=folder,
@@ -337,22 +339,34 @@ def test_sweep_resumes_after_its_driver_is_killed(sample, tmp_path):
     }
 
 
-def test_resume_reports_a_trial_whose_training_ended_before_the_driver_died(sample, tmp_path):
-    """The sweep's state as saved mid-trial, but the trial's Train run (and MLflow run)
-    finished after it: what a driver killed in that window leaves. On --resume Tune runs the
-    trial again, its training has nothing left to do and reports nothing, and the trial must
-    still pass Tune its result. (Without it, Tune took the saved step-4 result as the trial's
-    last: the sweep called the finished trial pruned, registered no model and exited 1.)"""
+def test_resume_after_the_driver_died_before_tune_saved_or_after_training_ended(sample, tmp_path):
+    """Two windows of a driver's death that the kill test above cannot aim at.
+
+    1. Killed while it checks the data, before Tune saved any state: the sweep's settings are
+       saved first, so --resume finds the sweep and starts its trials.
+    2. The sweep's state as saved mid-trial, but the trial's Train run (and MLflow run)
+       finished after it. On --resume Tune runs the trial again, its training has nothing
+       left to do and reports nothing, and the trial must still pass Tune its result.
+       (Without it, Tune took the saved step-4 result as the trial's last: the sweep called
+       the finished trial pruned, registered no model and exited 1.)"""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     storage = tmp_path / "storage"
     config = sweep_config(tmp_path, samples=1, grace_period=2)
     args = search_args(sample, tmp_path, config, "ended", uri)
     env = child_env(RAY_TMPDIR=tempfile.mkdtemp(prefix="re", dir="/tmp"))
+    early = start_sweep(args, env, tmp_path, "early.log")
+    try:
+        wait_for((storage / "ended" / "sevlm_sweep.json").is_file, 120, "the saved sweep", 0.05)
+    finally:
+        stop_session(early, grace_s=0)
+    assert not list((storage / "ended").glob("experiment_state*"))  # Tune had saved nothing
+
     saved = tmp_path / "tune-state-mid-trial"
-    first = start_sweep(args, env, tmp_path)
+    first = start_sweep([*args, "--resume"], env, tmp_path)
     try:
 
         def validated_at_step_4():
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             _, runs = child_runs(uri, "ended")
             running = [r for r in runs if r.info.status == "RUNNING"]
             return running and metric_steps(uri, runs, running[0].info.run_name) == [4]
