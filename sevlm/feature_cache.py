@@ -15,8 +15,8 @@ Layout of ``<root>/<digest>/``:
 - ``meta.json``: the key, the shape, and the paintings whose image could not be read, by
   reason. Written last.
 
-A folder is filled under a temporary name in ``<root>`` and renamed into place, so a folder
-named by its digest is complete; a half-written one (a crash, a kill) is never opened.
+A folder is filled under a temporary name in ``<root>``, synced, and renamed into place, so a
+folder named by its digest is complete; a half-written one (a crash, a kill) is never opened.
 No Ray and no torch here: the Ray Data tasks that read a cache import this module in fresh
 worker processes, and torch alone would take seconds there.
 """
@@ -227,12 +227,14 @@ def write_cache(
         rows, keys = _write_rows(staging / FEATURES_FILE, batches, total)
         shape = [rows, *_row_shape(staging / FEATURES_FILE)]
         lost = dropped() if callable(dropped) else dropped or {}
-        (staging / KEYS_FILE).write_text(json.dumps(keys))
+        _write_synced(staging / KEYS_FILE, json.dumps(keys))
         meta = {"key": key, "rows": rows, "shape": shape,
                 "dropped": {r: sorted(v) for r, v in sorted(lost.items())}}  # fmt: skip
         _write_synced(staging / META_FILE, json.dumps(meta, indent=1, sort_keys=True))
         staging.chmod(0o755)  # mkdtemp makes it private; other users' runs may read it
+        _fsync(staging)  # its entries on disk before its name is
         _move_into_place(staging, target)
+        _fsync(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -277,8 +279,7 @@ def _write_rows(
     else:
         array.flush()
         del array
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+    _fsync(path)
     return len(keys), keys
 
 
@@ -291,3 +292,12 @@ def _write_synced(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
