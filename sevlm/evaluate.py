@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from pathlib import Path
 import torch
 
 from sevlm.artemis import Annotation, ArtemisData, DataSource, Painting
+from sevlm.atomic import write_text_atomic
 from sevlm.emotion_classifier import (
     CLASSIFIER_DIR,
     ClassifierError,
@@ -320,7 +319,7 @@ def write_report(report: dict, out: Path) -> list[Path]:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     plots = plot_files(out)
-    _atomic_write(out, json.dumps(report, indent=2) + "\n")
+    write_text_atomic(out, json.dumps(report, indent=2) + "\n")
     dominated = [g for g in report["generations"] if g["dominant"]]
     files = [
         confusion_matrix_png(
@@ -335,23 +334,12 @@ def write_report(report: dict, out: Path) -> list[Path]:
         ),
     ]
     summary = out.with_suffix(".md")
-    _atomic_write(summary, markdown(report, out))
+    write_text_atomic(summary, markdown(report, out))
     return [out, summary, *files]
 
 
 def _va(vad: list[float] | None) -> tuple[float, float] | None:
     return None if vad is None else (vad[0], vad[1])
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: float | None) -> str:

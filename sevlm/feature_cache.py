@@ -15,8 +15,9 @@ Layout of ``<root>/<digest>/``:
 - ``meta.json``: the key, the shape, and the paintings whose image could not be read, by
   reason. Written last.
 
-A folder is filled under a temporary name in ``<root>`` and renamed into place, so a folder
-named by its digest is complete; a half-written one (a crash, a kill) is never opened.
+A folder is filled under a temporary name in ``<root>``, synced, and renamed into place, so a
+folder named by its digest is complete; a half-written one (a crash, a kill) is never opened.
+One that is damaged all the same (it does not load) is written again and replaced.
 No Ray and no torch here: the Ray Data tasks that read a cache import this module in fresh
 worker processes, and torch alone would take seconds there.
 """
@@ -89,7 +90,7 @@ class FeatureCache:
         folder = Path(root) / key_digest(key)
         try:
             cache = cls.load(folder)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):  # TypeError: JSON of another shape
             return None
         return cache if cache.key == key else None
 
@@ -135,10 +136,15 @@ class FeatureCache:
         return np.asarray(self.features[rows]) if rows else self.features[:0].copy()
 
 
-@lru_cache(maxsize=4)
 def load_cached(folder: str) -> FeatureCache:
     """:meth:`FeatureCache.load`, once per process and folder (pipeline tasks call this per
-    batch; parsing ``keys.json`` each time would dominate)."""
+    batch; parsing ``keys.json`` each time would dominate). Keyed by the folder's inode too:
+    a folder replaced since (a damaged cache written again) is loaded afresh."""
+    return _load_once(folder, os.stat(folder).st_ino)
+
+
+@lru_cache(maxsize=4)
+def _load_once(folder: str, inode: int) -> FeatureCache:
     return FeatureCache.load(folder)
 
 
@@ -184,6 +190,9 @@ def cached_or_written(
     if hit is not None:
         printer(f"feature cache hit: {hit.path} ({len(hit)} paintings)")
         return hit.path
+    damaged = Path(root) / key_digest(key)
+    if damaged.exists():
+        printer(f"feature cache {damaged} is damaged (it does not load): writing it again")
     printer(f"feature cache: encoding {total} {what} into {root}")
     batches, dropped = encode()
     path = write_cache(root, key, _progress(batches, total, printer), total, dropped=dropped)
@@ -215,7 +224,8 @@ def write_cache(
     """Write ``(keys, features)`` batches (at most ``total`` rows) as the cache of ``key``.
 
     Atomic: the folder is filled under a temporary name and renamed into place after
-    ``meta.json``. When another process got there first, its cache is kept and ours dropped.
+    ``meta.json``. When another process got there first, its cache is kept and ours dropped;
+    a damaged folder in the way is replaced.
     ``dropped`` (or a function giving it, called after the last batch) records the paintings
     that could not be cached.
     """
@@ -227,33 +237,48 @@ def write_cache(
         rows, keys = _write_rows(staging / FEATURES_FILE, batches, total)
         shape = [rows, *_row_shape(staging / FEATURES_FILE)]
         lost = dropped() if callable(dropped) else dropped or {}
-        (staging / KEYS_FILE).write_text(json.dumps(keys))
+        _write_synced(staging / KEYS_FILE, json.dumps(keys))
         meta = {"key": key, "rows": rows, "shape": shape,
                 "dropped": {r: sorted(v) for r, v in sorted(lost.items())}}  # fmt: skip
         _write_synced(staging / META_FILE, json.dumps(meta, indent=1, sort_keys=True))
         staging.chmod(0o755)  # mkdtemp makes it private; other users' runs may read it
-        _move_into_place(staging, target)
+        _fsync(staging)  # its entries on disk before its name is
+        _move_into_place(staging, target, key)
+        _fsync(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``. A complete ``target`` is another process's cache
-    (it won the race): ours is dropped. A ``target`` without ``meta.json`` was damaged
-    outside this code (never written by it): moved aside, then replaced."""
+def _move_into_place(staging: Path, target: Path, key: dict[str, Any]) -> None:
+    """Rename ``staging`` to ``target``. A ``target`` that loads with our key is another
+    process's cache (it won the race): ours is dropped. Any other ``target`` is damaged (a
+    crash before its files reached the disk, a hand): moved aside, then replaced."""
     try:
         staging.rename(target)
         return
     except OSError:
-        if (target / META_FILE).is_file():
-            return
         if not target.exists():
             raise  # not a race: a real failure
-    broken = Path(tempfile.mkdtemp(prefix=f".{target.name}-broken-", dir=target.parent))
-    target.rename(broken / "old")
-    shutil.rmtree(broken, ignore_errors=True)
-    staging.rename(target)
+    if FeatureCache.open(target.parent, key) is None:
+        _replace(staging, target, key)
+
+
+def _replace(staging: Path, target: Path, key: dict[str, Any]) -> None:
+    """Put ``staging`` in the place of the damaged ``target``. Another process replacing it
+    at the same time may get there first: its complete cache is then kept."""
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-broken-", dir=target.parent))
+    try:
+        target.rename(aside / "old")
+    except FileNotFoundError:
+        pass  # moved aside by that other process
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        staging.rename(target)
+    except OSError:
+        if FeatureCache.open(target.parent, key) is None:
+            raise
 
 
 def _write_rows(
@@ -277,8 +302,7 @@ def _write_rows(
     else:
         array.flush()
         del array
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+    _fsync(path)
     return len(keys), keys
 
 
@@ -291,3 +315,12 @@ def _write_synced(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -13,8 +13,6 @@ reader never sees a half-written PNG.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
@@ -25,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from sevlm.atomic import write_atomic
 from sevlm.emotions import EMOTIONS, normalize_emotion
 
 DPI = 150
@@ -276,13 +275,5 @@ def _save(fig: Figure, path: Path | str) -> Path:
     """Write ``fig`` as a PNG at ``path`` atomically (temp file in the folder, then rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
     FigureCanvasAgg(fig)
-    try:
-        with open(temp, "xb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return target
+    return write_atomic(target, lambda f: fig.savefig(f, format="png", dpi=DPI))

@@ -4,17 +4,19 @@ the sample: the figures beat the trivial baseline, every file is written, MLflow
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import TrainedOnSample
 from test_metrics import toolkit_scores
+from test_plots import diagonal, per_emotion
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.cli import main
 from sevlm.emotion_classifier import EmotionClassifier
-from sevlm.evaluate import log_evaluation, references
+from sevlm.evaluate import REPORT_FIGURES, log_evaluation, references, write_report
 from sevlm.tracking import client_for, find_or_create_run, log_model
 
 FIGURES = ("emotion_accuracy", "bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l",
@@ -188,6 +190,28 @@ def test_explain_and_evaluate_the_registered_champion(
     assert run.data.metrics["eval_val/emotion_accuracy"] == pytest.approx(
         report["emotion_accuracy"]
     )
+
+
+def test_report_files_have_a_plain_files_mode(tmp_path: Path) -> None:
+    figures = dict.fromkeys(REPORT_FIGURES, 0.5)
+    report = {
+        **figures, "split": "test", "n_images": 1, "images_scored": 1, "images_excluded": 0,
+        "images_skipped": {}, "beams": 1, "tokenizer": "t", "per_emotion": per_emotion(True),
+        "baseline": {"emotion": "awe", "explanation": "it is", **figures},
+        "confusion": diagonal(), "confusion_columns": None,
+        "generations": [{"art_style": "s", "painting": "p", "emotion": "awe",
+                         "explanation": "it is", "dominant": "awe", "vad": [0.5, 0.5, 0.5],
+                         "reference_vad": [0.4, 0.5, 0.5]}],
+    }  # fmt: skip
+    umask = os.umask(0o022)  # mkstemp's 0o600 differs from what open() then gives
+    try:
+        files = write_report(report, tmp_path / "report.json")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(umask)
+    mode = (tmp_path / "plain").stat().st_mode
+    assert {f.name: f.stat().st_mode for f in files} == {f.name: mode for f in files}
 
 
 def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -16,7 +16,16 @@ import torch
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import ModelConfig
 from sevlm.examples import ExampleConfig, iter_batches
-from sevlm.feature_cache import META_FILE, FeatureCache, data_fingerprint, key_digest, write_cache
+from sevlm.feature_cache import (
+    KEYS_FILE,
+    META_FILE,
+    FeatureCache,
+    cached_or_written,
+    data_fingerprint,
+    key_digest,
+    load_cached,
+    write_cache,
+)
 from sevlm.frozen_encoder import (
     cache_features_in_process,
     cache_key,
@@ -196,6 +205,31 @@ def test_a_lost_race_keeps_the_winner(encoder, example, tmp_path) -> None:
     second = write_cache(tmp_path, key, iter([(["a"], np.ones((1, 2, 2)))]), 1)
     assert first == second and [p.name for p in tmp_path.iterdir()] == [first.name]
     np.testing.assert_array_equal(FeatureCache.open(tmp_path, key).lookup(["a"]), 0)
+
+
+def test_a_damaged_cache_is_written_again_and_used(encoder, example, tmp_path) -> None:
+    key = cache_key(encoder, example, "test", "data")
+
+    def encoding(value: float):
+        return lambda: (iter([(["a", "b"], np.full((2, 2, 2), value))]), lambda: {})
+
+    path = cached_or_written(tmp_path, key, 2, encoding(1), print)
+    assert load_cached(str(path)).lookup(["b"])[0, 0, 0] == 1
+    # meta.json on disk, keys.json not (a crash): the folder does not load
+    (path / KEYS_FILE).write_text("")
+    lines: list[str] = []
+    assert cached_or_written(tmp_path, key, 2, encoding(2), lines.append) == path
+    assert any("is damaged" in line for line in lines)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # nothing left aside
+    assert FeatureCache.open(tmp_path, key).lookup(["b"])[0, 0, 0] == 2
+    assert load_cached(str(path)).lookup(["b"])[0, 0, 0] == 2  # not the folder loaded before
+
+    def no_encoding():
+        raise AssertionError("encoded again")
+
+    lines.clear()
+    assert cached_or_written(tmp_path, key, 2, no_encoding, lines.append) == path
+    assert lines == [f"feature cache hit: {path} (2 paintings)"]
 
 
 def test_lookup_of_an_unknown_painting_says_why(encoder, example, tmp_path) -> None:
