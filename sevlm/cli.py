@@ -78,11 +78,13 @@ def _progress(message: str) -> None:
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
-    from sevlm.sample import write_sample
+    from sevlm.sample import NotASampleError, write_sample
 
     started = time.perf_counter()
     try:
-        s = write_sample(args.out, paintings=args.paintings, seed=args.seed)
+        s = write_sample(args.out, paintings=args.paintings, seed=args.seed, force=args.force)
+    except NotASampleError as e:
+        raise ValueError(f"--out {e}; add --force to overwrite them") from e
     except OSError as e:  # a file where a folder goes, no permission, a full disk
         raise ValueError(f"--out {args.out}: cannot write the sample ({e})") from e
     print(
@@ -380,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, required=True, help="folder to write into")
     sample.add_argument("--paintings", type=int, default=240, help="paintings (default 240)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument(
+        "--force",
+        action="store_true",
+        help="write even over files that are not of an earlier sample (a real dataset's)",
+    )
     sample.set_defaults(func=cmd_data_sample)
 
     check = data_commands.add_parser(

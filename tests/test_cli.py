@@ -139,6 +139,23 @@ def test_evaluate_defaults_to_the_models_data_where_it_still_is(tmp_path: Path, 
     assert defaulted({}) is None
 
 
+def test_data_sample_refuses_to_overwrite_a_dataset(tmp_path: Path, capsys) -> None:
+    """A real ArtEmis folder has the very file names the sample writes."""
+    real = tmp_path / "artemis"
+    real.mkdir()
+    (real / "artemis_dataset_release_v0.csv").write_text("the real annotations")
+    (real / "NRC-VAD-Lexicon.txt").write_text("the real lexicon")
+    assert main(["data", "sample", "--out", str(real), "--paintings", "12"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {real}: not a sample folder" in err and "--force" in err
+    assert "artemis_dataset_release_v0.csv, NRC-VAD-Lexicon.txt" in err
+    assert (real / "artemis_dataset_release_v0.csv").read_text() == "the real annotations"
+    assert not (real / "wikiart").exists()
+    assert main(["data", "sample", "--out", str(real), "--paintings", "12", "--force"]) == 0
+    assert (real / "NRC-VAD-Lexicon.txt").read_text() != "the real lexicon"
+    assert main(["data", "sample", "--out", str(real), "--paintings", "12"]) == 0  # a sample now
+
+
 def test_a_file_name_that_is_not_utf8_prints_escaped(tmp_path: Path, monkeypatch) -> None:
     import io
 
