@@ -232,6 +232,14 @@ def test_source_needs_images_and_annotations(tmp_path: Path) -> None:
         DataSource.resolve(data=str(tmp_path / "missing"))
 
 
+def test_source_checks_the_images_root(tmp_path: Path, sample) -> None:
+    """Every command resolves its data here: train and a search fail before Ray starts."""
+    with pytest.raises(DataError, match=r"--images .*nope: no such folder"):
+        DataSource.resolve(csv=sample.csv, images=tmp_path / "nope")
+    with pytest.raises(DataError, match=r"--images .*: not a folder"):
+        DataSource.resolve(data=str(sample.out), images=sample.csv)
+
+
 def test_split_is_deterministic_and_independent_of_row_order(sample) -> None:
     source = DataSource.resolve(data=str(sample.out))
     first = {p.key: p.split for p in load_artemis(source).paintings}

@@ -70,6 +70,20 @@ def test_no_usable_rows_fails(tmp_path: Path, sample) -> None:
     assert main(["data", "check", "--csv", str(csv_file), "--images", str(sample.images)]) == 1
 
 
+def test_a_wrong_images_root_is_a_clear_error(tmp_path: Path, sample, capsys) -> None:
+    check = ["data", "check", "--csv", str(sample.csv), "--images"]
+    assert main([*check, str(tmp_path / "nonexistent")]) == 2
+    assert f"error: --images {tmp_path / 'nonexistent'}: no such folder" in capsys.readouterr().err
+    assert main([*check, str(sample.csv)]) == 2
+    assert f"error: --images {sample.csv}: not a folder" in capsys.readouterr().err
+    assert main([*check, str(sample.out)]) == 1  # a folder, but one level above the root
+    out = capsys.readouterr().out
+    first = _sample_rows(sample)[0]
+    expected = sample.out / first[0] / f"{first[1]}.jpg"
+    assert f"no image was found under the images root {sample.out}" in out
+    assert f"expected files like {expected}" in out
+
+
 def test_console_script_help() -> None:
     sevlm = Path(sys.executable).parent / "sevlm"
     done = subprocess.run([sevlm, "data", "check", "--help"], capture_output=True, text=True)
