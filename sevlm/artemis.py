@@ -28,6 +28,7 @@ from typing import Literal
 
 from sevlm.emotions import EMOTIONS, normalize_emotion
 from sevlm.images import check_image
+from sevlm.lexicon import LexiconError, read_lexicon
 from sevlm.text import UtterancePrep
 
 log = logging.getLogger(__name__)
@@ -136,15 +137,21 @@ class DataSource:
         return source
 
     def check_files(self) -> None:
-        """Fail now, with the option's name, on paths no row can be read with; found later,
-        a wrong images root is only every row skipped as ``missing_image``, after Ray has
-        started for training or a search."""
+        """Fail now, with the option's name, on an images root or a lexicon that cannot be
+        used. Found later, a wrong images root is only every row skipped as
+        ``missing_image``, and a bad lexicon an error inside the Ray workers of training or
+        a search."""
         if not self.images.is_dir():
             problem = "not a folder" if self.images.exists() else "no such folder"
             raise DataError(
                 f"--images {self.images}: {problem} (the WikiArt root, holding "
                 f"<art_style>/<painting>{IMAGE_EXTENSION})"
             )
+        if self.lexicon is not None:
+            try:
+                read_lexicon(self.lexicon)
+            except LexiconError as e:
+                raise DataError(f"--lexicon: {e}") from e
 
     def describe(self) -> dict[str, str | None]:
         return {k: None if v is None else str(v) for k, v in asdict(self).items()}

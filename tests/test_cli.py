@@ -136,6 +136,16 @@ def test_train_stops_before_the_data_check_when_it_cannot_track_or_load_weights(
     assert "decoder_weights=/models/distilgpt2" in err and "checking the data" not in err
 
 
+def test_train_stops_on_a_bad_lexicon_first(sample, tmp_path: Path, capsys) -> None:
+    """Before the tracking store is even tried (nothing listens there), so long before Ray."""
+    gone = tmp_path / "gone.txt"
+    argv = ["train", "--data", str(sample.out), "--lexicon", str(gone),
+            "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: --lexicon: {gone}: cannot read lexicon" in err and "tracking" not in err
+
+
 def test_evaluate_defaults_to_the_models_data_where_it_still_is(tmp_path: Path, sample) -> None:
     from sevlm.cli import _data_of_model, build_parser
 
