@@ -15,11 +15,10 @@ from sevlm.artemis import DataSource, load_artemis
 from sevlm.lexicon import read_lexicon
 from sevlm.text import UtterancePrep
 
-SEED_HELP = "seed of the split, sampling and training (default 0)"
 
-
-def add_data_args(parser: argparse.ArgumentParser, seed_help: str = SEED_HELP) -> None:
-    """The data options every data-taking command accepts."""
+def add_data_args(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The data options every data-taking command accepts; ``seed_help`` says what the
+    command's ``--seed`` seeds (the split everywhere, training in some)."""
     g = parser.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -392,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = data_commands.add_parser(
         "check", help="read every row, decode every image, count what is skipped and why"
     )
-    add_data_args(check)
+    add_data_args(check, "seed of the split and of the combined variant's v1.0 sample (default 0)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
     check.set_defaults(func=cmd_data_check)
 
@@ -429,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the training split's explanations; report its accuracy on the validation split's. "
         "Without data options: the embedded sample.",
     )
-    add_data_args(classifier)
+    add_data_args(classifier, "seed of the split, of the combined variant's v1.0 sample and of "
+                  "the classifier's training (default 0)")  # fmt: skip
     classifier.add_argument(
         "--out",
         type=Path,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_csv
 
 from sevlm.artemis import SKIP_REASONS
@@ -90,6 +91,14 @@ def test_console_script_help() -> None:
     assert done.returncode == 0
     for flag in ("--data", "--csv", "--images", "--lexicon", "--report"):
         assert flag in done.stdout
+
+
+def test_data_check_seed_help_names_only_what_it_seeds(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED seed of the split and of the combined variant's v1.0 sample" in helped
+    assert "training" not in helped  # data check trains nothing
 
 
 def _sample_rows(sample) -> list[list[str]]:
