@@ -28,6 +28,7 @@ from typing import Literal
 
 from sevlm.emotions import EMOTIONS, normalize_emotion
 from sevlm.images import check_image
+from sevlm.lexicon import LexiconError, read_lexicon
 from sevlm.text import UtterancePrep
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class DataSource:
                     contrastive = root / CONTRASTIVE_CSV_NAME
             if images is None and (root / IMAGES_DIR_NAME).is_dir():
                 images = root / IMAGES_DIR_NAME
-        return cls(
+        source = cls(
             csv=_path(csv),
             images=_path(images),
             lexicon=_path(lexicon),
@@ -132,6 +133,25 @@ class DataSource:
             variant=variant,
             hf=hf,
         )
+        source.check_files()
+        return source
+
+    def check_files(self) -> None:
+        """Fail now, with the option's name, on an images root or a lexicon that cannot be
+        used. Found later, a wrong images root is only every row skipped as
+        ``missing_image``, and a bad lexicon an error inside the Ray workers of training or
+        a search."""
+        if not self.images.is_dir():
+            problem = "not a folder" if self.images.exists() else "no such folder"
+            raise DataError(
+                f"--images {self.images}: {problem} (the WikiArt root, holding "
+                f"<art_style>/<painting>{IMAGE_EXTENSION})"
+            )
+        if self.lexicon is not None:
+            try:
+                read_lexicon(self.lexicon)
+            except LexiconError as e:
+                raise DataError(f"--lexicon: {e}") from e
 
     def describe(self) -> dict[str, str | None]:
         return {k: None if v is None else str(v) for k, v in asdict(self).items()}
@@ -500,6 +520,9 @@ def load_artemis(
         annotation = Annotation(emotion, " ".join(utterance.split()), line)
         paintings[key].annotations.append(annotation)
 
+    warnings = notes.warnings()
+    if not paintings and skipped["missing_image"]:
+        warnings.append(_no_image_found(index.root, examples["missing_image"][0]))
     if decode_images:
         for key in _unreadable(list(paintings.values()), progress):
             painting = paintings.pop(key)
@@ -522,9 +545,18 @@ def load_artemis(
         images_decoded=decode_images,
         text=text_report,
         skipped_examples=examples,
-        warnings=notes.warnings(),
+        warnings=warnings,
     )
     return ArtemisData(kept, report)
+
+
+def _no_image_found(root: Path, example: dict) -> str:
+    """The hint for an images root that is the wrong folder: not one image found under it."""
+    expected = root / example["art_style"] / (example["painting"] + IMAGE_EXTENSION)
+    return (
+        f"no image was found under the images root {root}: expected files like {expected} "
+        "(the root is the folder that holds the <art_style> folders)"
+    )
 
 
 def _swallowed_rows(row: dict) -> int:

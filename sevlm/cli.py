@@ -15,11 +15,10 @@ from sevlm.artemis import DataSource, load_artemis
 from sevlm.lexicon import read_lexicon
 from sevlm.text import UtterancePrep
 
-SEED_HELP = "seed of the split, sampling and training (default 0)"
 
-
-def add_data_args(parser: argparse.ArgumentParser, seed_help: str = SEED_HELP) -> None:
-    """The data options every data-taking command accepts."""
+def add_data_args(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The data options every data-taking command accepts; ``seed_help`` says what the
+    command's ``--seed`` seeds (the split everywhere, training in some)."""
     g = parser.add_argument_group("data")
     g.add_argument(
         "--data",
@@ -78,11 +77,13 @@ def _progress(message: str) -> None:
 
 
 def cmd_data_sample(args: argparse.Namespace) -> int:
-    from sevlm.sample import write_sample
+    from sevlm.sample import NotASampleError, write_sample
 
     started = time.perf_counter()
     try:
-        s = write_sample(args.out, paintings=args.paintings, seed=args.seed)
+        s = write_sample(args.out, paintings=args.paintings, seed=args.seed, force=args.force)
+    except NotASampleError as e:
+        raise ValueError(f"--out {e}; add --force to overwrite them") from e
     except OSError as e:  # a file where a folder goes, no permission, a full disk
         raise ValueError(f"--out {args.out}: cannot write the sample ({e})") from e
     print(
@@ -380,12 +381,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", type=Path, required=True, help="folder to write into")
     sample.add_argument("--paintings", type=int, default=240, help="paintings (default 240)")
     sample.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sample.add_argument(
+        "--force",
+        action="store_true",
+        help="write even over files that are not of an earlier sample (a real dataset's)",
+    )
     sample.set_defaults(func=cmd_data_sample)
 
     check = data_commands.add_parser(
         "check", help="read every row, decode every image, count what is skipped and why"
     )
-    add_data_args(check)
+    add_data_args(check, "seed of the split and of the combined variant's v1.0 sample (default 0)")
     check.add_argument("--report", type=Path, help="write the JSON report here")
     check.set_defaults(func=cmd_data_check)
 
@@ -422,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the training split's explanations; report its accuracy on the validation split's. "
         "Without data options: the embedded sample.",
     )
-    add_data_args(classifier)
+    add_data_args(classifier, "seed of the split, of the combined variant's v1.0 sample and of "
+                  "the classifier's training (default 0)")  # fmt: skip
     classifier.add_argument(
         "--out",
         type=Path,

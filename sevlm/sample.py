@@ -42,8 +42,16 @@ MIN_PAINTINGS = 10
 MIN_IMAGE_SIZE = 16
 CSV_COLUMNS = ("art_style", "painting", "emotion", "utterance", "repetition")
 
+MARKER_NAME = ".sevlm-sample"
+"""Written into every sample folder: a folder holding it may be written over again."""
+MARKER_TEXT = "written by `sevlm data sample`: a generated dataset, rewritten at will\n"
+
 RGB = tuple[int, int, int]
 Rng = np.random.Generator
+
+
+class NotASampleError(ValueError):
+    """The folder holds files, not of a sample, that writing the sample would overwrite."""
 
 
 @dataclass(frozen=True)
@@ -68,10 +76,13 @@ def write_sample(
     paintings: int = DEFAULT_PAINTINGS,
     seed: int = 0,
     image_size: int = 96,
+    force: bool = False,
 ) -> SampleSummary:
     """Write the sample under ``out`` (created if missing) and say what was written.
 
-    Existing files of an earlier sample in ``out`` are overwritten; nothing is deleted.
+    Files of an earlier sample in ``out`` (a folder with :data:`MARKER_NAME`) are overwritten;
+    nothing is deleted. Other files the sample would overwrite, such as a real ArtEmis
+    download, raise :class:`NotASampleError` unless ``force``.
     """
     if paintings < MIN_PAINTINGS:
         raise ValueError(f"a sample needs at least {MIN_PAINTINGS} paintings, got {paintings}")
@@ -79,24 +90,43 @@ def write_sample(
         raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
     out = Path(out)
     images = out / IMAGES_DIR_NAME
+    csv_path, lexicon = out / V1_CSV_NAME, out / LEXICON_NAME
     rng = np.random.default_rng(seed)
+    planned = _paintings(rng, paintings)
+    pictures = [images / style / f"{unicodedata.normalize('NFD', name)}.jpg"
+                for style, name, _ in planned]  # fmt: skip
+    if not force:
+        _check_overwrites(out, [csv_path, lexicon, *pictures])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER_NAME).write_text(MARKER_TEXT)
     rows: list[tuple[str, str, str, str, int]] = []
-    for index, (style, name, dominant) in enumerate(_paintings(rng, paintings)):
+    for index, ((style, name, dominant), picture) in enumerate(zip(planned, pictures, strict=True)):
         felt = _annotation_emotions(rng, dominant)
         for emotion in felt:
             rows.append((style, name, emotion, _utterance(rng, dominant, emotion), len(felt)))
-        folder = images / style
-        folder.mkdir(parents=True, exist_ok=True)
-        picture = _draw(np.random.default_rng([seed, index]), dominant, image_size)
-        picture.save(folder / f"{unicodedata.normalize('NFD', name)}.jpg", quality=90)
-    csv_path = out / V1_CSV_NAME
+        picture.parent.mkdir(parents=True, exist_ok=True)
+        _draw(np.random.default_rng([seed, index]), dominant, image_size).save(picture, quality=90)
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         writer.writerows(rows)
-    lexicon = out / LEXICON_NAME
     shutil.copyfile(sample_lexicon_path(), lexicon)
     return SampleSummary(out, paintings, len(rows), csv_path, images, lexicon)
+
+
+def _check_overwrites(out: Path, files: list[Path]) -> None:
+    """Refuse to write over files of something else than a sample: a real dataset's CSV,
+    lexicon and images have the very names the sample writes."""
+    if (out / MARKER_NAME).is_file():
+        return
+    taken = [f for f in files if f.exists()]
+    if taken:
+        shown = ", ".join(str(f.relative_to(out)) for f in taken[:3])
+        more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+        raise NotASampleError(
+            f"{out}: not a sample folder (no {MARKER_NAME}) and holds files the sample would "
+            f"overwrite: {shown}{more}"
+        )
 
 
 def cache_root() -> Path:

@@ -28,13 +28,16 @@ class TrackingError(RuntimeError):
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """The tracking URI: given, else ``MLFLOW_TRACKING_URI``, else ``mlflow.db`` here.
 
-    A local store becomes an absolute path: workers run in other directories.
+    A bare path ending in ``.db`` (``./mlflow.db``, as the help writes the default) is that
+    SQLite store; another bare path is a file store (``mlruns``-style folder). A local store
+    becomes an absolute path: workers run in other directories.
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).absolute())
     if "://" not in uri:
-        return Path(uri).absolute().as_uri()
+        path = Path(uri).expanduser().absolute()
+        return f"sqlite:///{path}" if path.suffix == ".db" else path.as_uri()
     return uri
 
 

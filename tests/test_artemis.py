@@ -232,6 +232,24 @@ def test_source_needs_images_and_annotations(tmp_path: Path) -> None:
         DataSource.resolve(data=str(tmp_path / "missing"))
 
 
+def test_source_checks_the_images_root(tmp_path: Path, sample) -> None:
+    """Every command resolves its data here: train and a search fail before Ray starts."""
+    with pytest.raises(DataError, match=r"--images .*nope: no such folder"):
+        DataSource.resolve(csv=sample.csv, images=tmp_path / "nope")
+    with pytest.raises(DataError, match=r"--images .*: not a folder"):
+        DataSource.resolve(data=str(sample.out), images=sample.csv)
+
+
+def test_source_checks_the_lexicon(tmp_path: Path, sample) -> None:
+    """Read up front, not first in the Ray workers of training or a search."""
+    with pytest.raises(DataError, match=r"--lexicon: .*gone.txt: cannot read lexicon"):
+        DataSource.resolve(data=str(sample.out), lexicon=tmp_path / "gone.txt")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("calm\tlow\t0.1\t0.2\n")
+    with pytest.raises(DataError, match=r"--lexicon: .*bad.txt:1: values are not numbers"):
+        DataSource.resolve(data=str(sample.out), lexicon=bad)
+
+
 def test_split_is_deterministic_and_independent_of_row_order(sample) -> None:
     source = DataSource.resolve(data=str(sample.out))
     first = {p.key: p.split for p in load_artemis(source).paintings}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_csv
 
 from sevlm.artemis import SKIP_REASONS
@@ -70,12 +71,34 @@ def test_no_usable_rows_fails(tmp_path: Path, sample) -> None:
     assert main(["data", "check", "--csv", str(csv_file), "--images", str(sample.images)]) == 1
 
 
+def test_a_wrong_images_root_is_a_clear_error(tmp_path: Path, sample, capsys) -> None:
+    check = ["data", "check", "--csv", str(sample.csv), "--images"]
+    assert main([*check, str(tmp_path / "nonexistent")]) == 2
+    assert f"error: --images {tmp_path / 'nonexistent'}: no such folder" in capsys.readouterr().err
+    assert main([*check, str(sample.csv)]) == 2
+    assert f"error: --images {sample.csv}: not a folder" in capsys.readouterr().err
+    assert main([*check, str(sample.out)]) == 1  # a folder, but one level above the root
+    out = capsys.readouterr().out
+    first = _sample_rows(sample)[0]
+    expected = sample.out / first[0] / f"{first[1]}.jpg"
+    assert f"no image was found under the images root {sample.out}" in out
+    assert f"expected files like {expected}" in out
+
+
 def test_console_script_help() -> None:
     sevlm = Path(sys.executable).parent / "sevlm"
     done = subprocess.run([sevlm, "data", "check", "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     for flag in ("--data", "--csv", "--images", "--lexicon", "--report"):
         assert flag in done.stdout
+
+
+def test_data_check_seed_help_names_only_what_it_seeds(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--help"])
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "--seed SEED seed of the split and of the combined variant's v1.0 sample" in helped
+    assert "training" not in helped  # data check trains nothing
 
 
 def _sample_rows(sample) -> list[list[str]]:
@@ -122,6 +145,16 @@ def test_train_stops_before_the_data_check_when_it_cannot_track_or_load_weights(
     assert "decoder_weights=/models/distilgpt2" in err and "checking the data" not in err
 
 
+def test_train_stops_on_a_bad_lexicon_first(sample, tmp_path: Path, capsys) -> None:
+    """Before the tracking store is even tried (nothing listens there), so long before Ray."""
+    gone = tmp_path / "gone.txt"
+    argv = ["train", "--data", str(sample.out), "--lexicon", str(gone),
+            "--tracking-uri", "http://127.0.0.1:9"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: --lexicon: {gone}: cannot read lexicon" in err and "tracking" not in err
+
+
 def test_evaluate_defaults_to_the_models_data_where_it_still_is(tmp_path: Path, sample) -> None:
     from sevlm.cli import _data_of_model, build_parser
 
@@ -137,6 +170,23 @@ def test_evaluate_defaults_to_the_models_data_where_it_still_is(tmp_path: Path, 
     assert defaulted(hub) == "hf:some-org/artemis"
     assert defaulted({"hf": str(tmp_path / "gone"), "csv": None, "images": None}) is None
     assert defaulted({}) is None
+
+
+def test_data_sample_refuses_to_overwrite_a_dataset(tmp_path: Path, capsys) -> None:
+    """A real ArtEmis folder has the very file names the sample writes."""
+    real = tmp_path / "artemis"
+    real.mkdir()
+    (real / "artemis_dataset_release_v0.csv").write_text("the real annotations")
+    (real / "NRC-VAD-Lexicon.txt").write_text("the real lexicon")
+    assert main(["data", "sample", "--out", str(real), "--paintings", "12"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --out {real}: not a sample folder" in err and "--force" in err
+    assert "artemis_dataset_release_v0.csv, NRC-VAD-Lexicon.txt" in err
+    assert (real / "artemis_dataset_release_v0.csv").read_text() == "the real annotations"
+    assert not (real / "wikiart").exists()
+    assert main(["data", "sample", "--out", str(real), "--paintings", "12", "--force"]) == 0
+    assert (real / "NRC-VAD-Lexicon.txt").read_text() != "the real lexicon"
+    assert main(["data", "sample", "--out", str(real), "--paintings", "12"]) == 0  # a sample now
 
 
 def test_a_file_name_that_is_not_utf8_prints_escaped(tmp_path: Path, monkeypatch) -> None:

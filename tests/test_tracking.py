@@ -28,6 +28,15 @@ def test_tracking_uri_resolution(tmp_path: Path, monkeypatch) -> None:
     assert resolve_tracking_uri("runs/mlruns") == (tmp_path / "runs" / "mlruns").as_uri()
 
 
+def test_a_bare_db_path_is_a_sqlite_store(tmp_path: Path, monkeypatch) -> None:
+    """`--tracking-uri ./mlflow.db`, the default as the help writes it, is that SQLite file
+    (it was a file store named mlflow.db, which MLflow refused with a misleading error)."""
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("./mlflow.db") == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "runs/track.db")
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path}/runs/track.db"
+
+
 def test_unreachable_server_is_a_clear_error() -> None:
     started = time.perf_counter()
     with pytest.raises(TrackingError, match=r"cannot reach the MLflow tracking store at http"):
