@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from sevlm.config import SearchConfig
-from sevlm.tracking import client_for, find_or_create_run, find_run, redact
+from sevlm.tracking import client_for, find_or_create_run, find_run, redact, redact_in
 from sevlm_train.driver import (
     ERROR_TAG,
     MODEL_URI_TAG,
@@ -48,7 +48,8 @@ class TrialRecorder(ray.tune.Callback):
         try:
             record(trial)
         except Exception as e:  # a tracking hiccup must not end the sweep
-            print(f"warning: could not record trial {trial.trial_id} in MLflow: {e}")
+            error = redact_in(str(e), self.spec.tracking_uri)
+            print(f"warning: could not record trial {trial.trial_id} in MLflow: {error}")
 
     def _complete(self, trial) -> None:
         run_id = self._run(trial)

@@ -15,7 +15,7 @@ from sevlm.text import UtterancePrep
 pytest.importorskip("ray")
 from ray.tune.schedulers import ASHAScheduler
 
-from sevlm_train.driver import Scaling
+from sevlm_train.driver import ERROR_TAG, Scaling, mark_failed
 from sevlm_train.search import FinishingASHA, PruningOptunaSearch, trial_concurrency
 from sevlm_train.sweep_record import TrialRow, optuna_plots
 from sevlm_train.sweep_spec import load_spec, make_spec, save_spec, tune_space
@@ -156,6 +156,29 @@ def test_spec_round_trips_and_resume_finds_the_newest(tmp_path, sample):
         load_spec(first.storage, "third")
     with pytest.raises(ValueError, match="no sweep to resume"):
         load_spec(str(tmp_path / "empty"), None)
+
+
+def test_a_failed_runs_error_tag_hides_the_password(monkeypatch):
+    """A trial's error (MLflow's quote the URI) becomes its run's tag, for all to read."""
+
+    tags: dict[str, str] = {}
+
+    class Client:
+        def get_run(self, run_id):
+            return type("Run", (), {"info": type("Info", (), {"status": "RUNNING"})})
+
+        def set_tag(self, run_id, key, value):
+            tags[key] = value
+
+        def set_terminated(self, run_id, status):
+            pass
+
+    monkeypatch.setattr("sevlm_train.driver.client_for", lambda uri: Client())
+    uri = "https://user:secret@mlflow.example"
+    mark_failed(uri, "r", RuntimeError(f"API request to {uri}/api/2.0/x failed"))
+    assert tags[ERROR_TAG] == (
+        "RuntimeError: API request to https://***@mlflow.example/api/2.0/x failed"
+    )
 
 
 def test_asha_stopped_trials_are_pruned_for_optuna():
