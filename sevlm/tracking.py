@@ -56,6 +56,13 @@ def redact_in(text: str, uri: str) -> str:
     return text.replace(netloc.rsplit("@", 1)[0] + "@", "***@")
 
 
+def without_credentials(uri: str) -> str:
+    """``uri`` with no ``user:password@`` at all (MLflow then reads ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD``)."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
+
+
 def client_for(uri: str):
     from mlflow.tracking import MlflowClient
 

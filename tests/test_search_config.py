@@ -328,3 +328,46 @@ def test_search_cli_resume_without_a_sweep_is_a_clear_error(tmp_path, capsys):
     argv = ["--resume", "--storage", none, "--num-samples", "9", "--preset", "paper"]
     assert search_cli().main(argv) == 2
     assert "with its saved settings: ignoring --preset, --num-samples" in capsys.readouterr().err
+
+
+SECRET_URI = "http://user:secret@127.0.0.1:9/"  # nothing listens on the discard port
+
+
+def saved_with_a_password(tmp_path, sample) -> str:
+    """A sweep "locked" saved with a tracking URI that holds a password; its storage."""
+    spec = spec_for(Path(sample.out), name="locked")
+    spec.storage, spec.tracking_uri = str(tmp_path / "storage"), SECRET_URI
+    save_spec(spec)
+    return spec.storage
+
+
+def test_a_saved_sweep_holds_no_password(tmp_path, sample):
+    storage = saved_with_a_password(tmp_path, sample)
+    assert "secret" not in (Path(storage) / "locked" / "sevlm_sweep.json").read_text()
+    assert load_spec(storage, "locked").tracking_uri == "http://***@127.0.0.1:9/"
+
+
+def test_resume_needs_the_password_again(tmp_path, sample, capsys, monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["--resume", "--storage", saved_with_a_password(tmp_path, sample)]
+    assert search_cli().main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs credentials, which are not saved" in err and "MLFLOW_TRACKING_PASSWORD" in err
+    assert search_cli().main([*argv, "--tracking-uri", "http://user:secret@10.0.0.1:9/"]) == 2
+    assert "the sweep's tracking store is http://***@127.0.0.1:9/" in capsys.readouterr().err
+    # the right one is taken (not ignored): the sweep goes on, to its store that is not there
+    assert search_cli().main([*argv, "--tracking-uri", SECRET_URI]) == 2
+    err = capsys.readouterr().err
+    assert "ignoring" not in err and "secret" not in err
+    assert "cannot reach the MLflow tracking store at http://***@127.0.0.1:9/" in err
+
+
+def test_resume_takes_the_password_from_mlflows_variables(tmp_path, sample, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    argv = ["--resume", "--storage", saved_with_a_password(tmp_path, sample)]
+    assert search_cli().main(argv) == 2
+    assert (
+        "cannot reach the MLflow tracking store at http://127.0.0.1:9/" in capsys.readouterr().err
+    )
