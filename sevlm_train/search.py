@@ -193,6 +193,7 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
         _encode_once(spec, source, data, printer)
         if resume:
             printer(f"resuming {path}")
+            TrialRecorder.remember(spec)  # before Tune unpickles the sweep's recorder
             tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=False)
         else:
             save_spec(spec)

@@ -73,6 +73,10 @@ class SweepSpec:
     def trials_storage(self) -> str:
         return f"{self.storage.rstrip('/')}/{self.name}-trials"
 
+    def redacted(self) -> SweepSpec:
+        """This spec fit to store: its tracking URI without the password."""
+        return dataclasses.replace(self, tracking_uri=redact(self.tracking_uri))
+
 
 def make_spec(
     name: str,
@@ -120,11 +124,10 @@ def storage_fs(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 def save_spec(spec: SweepSpec) -> None:
     """Write the spec into the sweep's folder, its tracking URI redacted."""
-    saved = dataclasses.replace(spec, tracking_uri=redact(spec.tracking_uri))
     fs, root = storage_fs(spec.storage)
     fs.create_dir(f"{root}/{spec.name}", recursive=True)
     with fs.open_output_stream(f"{root}/{spec.name}/{SPEC_FILE}") as f:
-        f.write(json.dumps(dataclasses.asdict(saved), indent=2).encode())
+        f.write(json.dumps(dataclasses.asdict(spec.redacted()), indent=2).encode())
 
 
 def load_spec(storage: str, name: str | None) -> SweepSpec:

@@ -16,8 +16,8 @@ pytest.importorskip("ray")
 from ray.tune.schedulers import ASHAScheduler
 
 from sevlm_train.driver import ERROR_TAG, Scaling, mark_failed
-from sevlm_train.search import FinishingASHA, PruningOptunaSearch, trial_concurrency
-from sevlm_train.sweep_record import TrialRow, optuna_plots
+from sevlm_train.search import FinishingASHA, PruningOptunaSearch, _new_tuner, trial_concurrency
+from sevlm_train.sweep_record import TrialRecorder, TrialRow, optuna_plots
 from sevlm_train.sweep_spec import load_spec, make_spec, save_spec, tune_space
 
 
@@ -371,3 +371,25 @@ def test_resume_takes_the_password_from_mlflows_variables(tmp_path, sample, caps
     assert (
         "cannot reach the MLflow tracking store at http://127.0.0.1:9/" in capsys.readouterr().err
     )
+
+
+def test_the_sweeps_tuner_state_holds_no_password(tmp_path, sample, monkeypatch):
+    """Tune pickles the sweep's recorder into its storage (tuner.pkl); --resume unpickles it,
+    and it takes the password from the resumed sweep's spec."""
+    import ray.cloudpickle
+
+    def trainable(config):
+        pass
+
+    monkeypatch.setattr(TrialRecorder, "uris", {}, raising=False)
+    storage = saved_with_a_password(tmp_path, sample)
+    spec = load_spec(storage, "locked")
+    spec.tracking_uri = SECRET_URI
+    _new_tuner(spec, spec.search_config, trainable, 1)
+    saved = (Path(storage) / "locked" / "tuner.pkl").read_bytes()
+    assert b"secret" not in saved
+    monkeypatch.setattr(TrialRecorder, "uris", {})  # a new driver, resuming
+    recorder = lambda: ray.cloudpickle.loads(saved)["_run_config"].callbacks[0]  # noqa: E731
+    assert recorder().spec.tracking_uri == "http://***@127.0.0.1:9/"
+    TrialRecorder.remember(spec)
+    assert recorder().spec.tracking_uri == SECRET_URI
