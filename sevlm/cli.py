@@ -261,7 +261,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sevlm.evaluate import evaluate, load_or_fit_classifier, log_evaluation, write_report
     from sevlm.lexicon import VADLexicon
     from sevlm.model_source import MLFLOW_SCHEMES
-    from sevlm.tracking import redact, resolve_tracking_uri
+    from sevlm.tracking import redact, redact_in, resolve_tracking_uri
 
     _check_decoding(args)
     _check_out(args.out)
@@ -293,7 +293,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         run_id = log_evaluation(report, files, uri, found.run_id)
     except Exception as e:  # the report is written: say what failed, keep it
-        print(f"error: could not log to MLflow at {redact(uri)}: {e}", file=sys.stderr)
+        print(
+            f"error: could not log to MLflow at {redact(uri)}: {redact_in(str(e), uri)}",
+            file=sys.stderr,
+        )
         return 1
     print(f"logged to MLflow run {run_id} ({redact(uri)})")
     return 0

@@ -93,7 +93,7 @@ def _read_mlmodel(path: Path) -> dict:
 def _download(ref: str, tracking_uri: str | None) -> Path:
     import mlflow
 
-    from sevlm.tracking import resolve_tracking_uri
+    from sevlm.tracking import redact_in, resolve_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     target = tempfile.mkdtemp(prefix="sevlm-model-")
@@ -104,7 +104,9 @@ def _download(ref: str, tracking_uri: str | None) -> Path:
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=target))
     except Exception as e:  # MlflowException, OSError: either way, no model to be had
-        raise ModelNotFound(f"{ref}: cannot download the model: {str(e)[:300]}") from e
+        raise ModelNotFound(
+            f"{ref}: cannot download the model: {redact_in(str(e), uri)[:300]}"
+        ) from e
 
 
 def _check_store(uri: str, ref: str) -> None:
@@ -119,7 +121,7 @@ def _check_store(uri: str, ref: str) -> None:
 
 def _registered(name: str, tracking_uri: str | None) -> str:
     """``models:/NAME@champion`` when the alias exists, else the newest version's URI."""
-    from sevlm.tracking import client_for, resolve_tracking_uri
+    from sevlm.tracking import client_for, redact, redact_in, resolve_tracking_uri
 
     if "'" in name:
         raise ModelNotFound(f"--model {name!r}: not a folder, nor a registered model name")
@@ -134,9 +136,11 @@ def _registered(name: str, tracking_uri: str | None) -> str:
     try:
         versions = client.search_model_versions(f"name = '{name}'")
     except Exception as e:
-        raise ModelNotFound(f"--model {name}: cannot look it up at {uri}: {str(e)[:300]}") from e
+        raise ModelNotFound(
+            f"--model {name}: cannot look it up at {redact(uri)}: {redact_in(str(e), uri)[:300]}"
+        ) from e
     if not versions:
         raise ModelNotFound(
-            f"--model {name}: not a folder, and no registered model of that name at {uri}"
+            f"--model {name}: not a folder, and no registered model of that name at {redact(uri)}"
         )
     return f"models:/{name}/{max(int(v.version) for v in versions)}"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +44,26 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 def redact(uri: str) -> str:
     """A URI fit to print: any ``user:password@`` taken out."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(uri)
     if "@" not in parts.netloc:
         return uri
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def redact_in(text: str, uri: str) -> str:
+    """``text`` with ``uri``'s ``user:password@`` taken out wherever it appears: MLflow's
+    own errors quote the URI of the request that failed."""
+    netloc = urlsplit(uri).netloc
+    if "@" not in netloc:
+        return text
+    return text.replace(netloc.rsplit("@", 1)[0] + "@", "***@")
+
+
+def without_credentials(uri: str) -> str:
+    """``uri`` with no ``user:password@`` at all (MLflow then reads ``MLFLOW_TRACKING_USERNAME``
+    and ``MLFLOW_TRACKING_PASSWORD``)."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))
 
 
 def client_for(uri: str):
@@ -65,11 +80,14 @@ def check_reachable(uri: str) -> None:
     try:
         client_for(uri).search_experiments(max_results=1)
     except Exception as e:  # connection refused, DNS, auth: all mean "cannot track here"
+        # MLflow's error quotes the URI: chained, its password would reach tracebacks (and a
+        # trial's error file in the sweep's storage)
+        cause = e if redact(uri) == uri else None
         raise TrackingError(
-            f"cannot reach the MLflow tracking store at {uri}: {type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}. Start it (e.g. `mlflow server --host 127.0.0.1 "
-            "--port 5000`) or set --tracking-uri / MLFLOW_TRACKING_URI."
-        ) from e
+            f"cannot reach the MLflow tracking store at {redact(uri)}: {type(e).__name__}: "
+            f"{redact_in(str(e), uri).splitlines()[0][:200]}. Start it (e.g. `mlflow server "
+            "--host 127.0.0.1 --port 5000`) or set --tracking-uri / MLFLOW_TRACKING_URI."
+        ) from cause
     finally:
         for k, v in saved.items():
             if v is None:
@@ -151,7 +169,7 @@ class MetricLogger:
     ) -> None:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-        self.client, self.run_id = client_for(uri), run_id
+        self.client, self.run_id, self.uri = client_for(uri), run_id, uri
         self.retries, self.backoff_s, self.pause_s = retries, backoff_s, pause_s
         self._last_step: dict[str, int] = {}
         self._paused_until = 0.0
@@ -195,7 +213,10 @@ class MetricLogger:
                     self.failures += 1
                     self._paused_until = time.monotonic() + self.pause_s
                     log.warning(
-                        "MLflow %s failed %d times, going on: %s", fn.__name__, attempt + 1, e
+                        "MLflow %s failed %d times, going on: %s",
+                        fn.__name__,
+                        attempt + 1,
+                        redact_in(str(e), self.uri),
                     )
                     return False, None
                 time.sleep(self.backoff_s * 2**attempt)

@@ -40,6 +40,8 @@ from sevlm.tracking import (
     client_for,
     find_or_create_run,
     log_model,
+    redact,
+    redact_in,
     resolve_tracking_uri,
 )
 from sevlm.weights import (
@@ -236,10 +238,11 @@ def run_training(
     run_id, created = find_or_create_run(uri, experiment, name, params, parent_run_id)
     if created:
         client_for(uri).log_dict(run_id, data.report.to_dict(), "data_report.json")
-    printer(f"run {name}: MLflow run {run_id} ({'new' if created else 'resumed'}) at {uri}")
+    shown = redact(uri)
+    printer(f"run {name}: MLflow run {run_id} ({'new' if created else 'resumed'}) at {shown}")
 
     if uri.startswith(("sqlite:", "file:")) and len(ray.nodes()) > 1:
-        printer(f"warning: {uri} is a store on this machine only; workers on other nodes "
+        printer(f"warning: {shown} is a store on this machine only; workers on other nodes "
                 "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
     per_pass = epochs_per_pass(len(data.split("train")), train_cfg.batch_size, train_cfg.max_steps)
     pipeline = build_pipeline(
@@ -347,6 +350,7 @@ def feature_cache_spec(folder: Path | None) -> dict[str, str] | None:
 def mark_failed(uri: str, run_id: str, error: BaseException | str) -> None:
     """End an MLflow run as failed, with the error as its ``sevlm.error`` tag."""
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    text = redact_in(text, uri)  # MLflow's errors quote the URI, password and all
     try:
         client = client_for(uri)
         if client.get_run(run_id).info.status == "KILLED":  # a search stopped it on purpose
@@ -354,7 +358,7 @@ def mark_failed(uri: str, run_id: str, error: BaseException | str) -> None:
         client.set_tag(run_id, ERROR_TAG, text[:4000])
         client.set_terminated(run_id, status="FAILED")
     except Exception as e:  # never hide the error that got us here
-        print(f"warning: could not mark MLflow run {run_id} failed: {e}")
+        print(f"warning: could not mark MLflow run {run_id} failed: {redact_in(str(e), uri)}")
 
 
 def _finish(result, pipeline, model_cfg, train_cfg, data_info, output, uri, run_id) -> tuple:

@@ -38,7 +38,7 @@ from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import SearchConfig, TrainConfig, override_configs
 from sevlm.examples import ExampleConfig
 from sevlm.text import UtterancePrep
-from sevlm.tracking import client_for
+from sevlm.tracking import client_for, redact
 from sevlm_train.driver import (
     Printer,
     Scaling,
@@ -180,7 +180,7 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
     if created[0]:
         client.set_tag(parent, SWEEP_KIND_TAG, "sweep")
         client.log_dict(parent, data.report.to_dict(), "data_report.json")
-    printer(f"sweep {spec.name}: MLflow run {parent} at {spec.tracking_uri}")
+    printer(f"sweep {spec.name}: MLflow run {parent} at {redact(spec.tracking_uri)}")
 
     scaling = Scaling(**spec.scaling)
     trainable = ray.tune.with_resources(
@@ -195,6 +195,7 @@ def run_search(spec: SweepSpec, *, resume: bool = False, printer: Printer = prin
         _encode_once(spec, source, data, printer)
         if resume and ray.tune.Tuner.can_restore(path):
             printer(f"resuming {path}")
+            TrialRecorder.remember(spec)  # before Tune unpickles the sweep's recorder
             tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=False)
         else:  # new, or stopped before Tune saved anything: no trial had started
             tuner = _new_tuner(spec, search, trainable, scaling.concurrent_runs)

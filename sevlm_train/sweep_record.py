@@ -8,7 +8,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ray
 import ray.tune
@@ -16,7 +16,14 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from sevlm.config import SearchConfig
-from sevlm.tracking import client_for, find_or_create_run, find_run, redact
+from sevlm.tracking import (
+    client_for,
+    find_or_create_run,
+    find_run,
+    redact,
+    redact_in,
+    without_credentials,
+)
 from sevlm_train.driver import (
     ERROR_TAG,
     MODEL_URI_TAG,
@@ -33,10 +40,31 @@ RUN_STATES = {"FINISHED": "finished", "KILLED": "pruned", "FAILED": "failed"}
 class TrialRecorder(ray.tune.Callback):
     """Keeps each trial's MLflow run true to what Tune did with it: a trial stopped early is
     ``KILLED`` (tagged pruned), one that errored is ``FAILED`` with its error, even when it
-    died before it could say so itself."""
+    died before it could say so itself.
+
+    Tune pickles it into the sweep's storage (``tuner.pkl``) and ``--resume`` unpickles it:
+    it pickles its tracking URI redacted, and unpickled takes the URI (credentials and all)
+    that :meth:`remember` saw in this process for the same store.
+    """
+
+    uris: ClassVar[dict[str, str]] = {}
+    """The tracking URIs this process uses, by their form without credentials."""
 
     def __init__(self, spec: SweepSpec) -> None:
         self.spec = spec
+        self.remember(spec)
+
+    @classmethod
+    def remember(cls, spec: SweepSpec) -> None:
+        cls.uris[without_credentials(spec.tracking_uri)] = spec.tracking_uri
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "spec": self.spec.redacted()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        spec = state["spec"]
+        uri = self.uris.get(without_credentials(spec.tracking_uri), spec.tracking_uri)
+        self.__dict__.update(state, spec=dataclasses.replace(spec, tracking_uri=uri))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._guarded(self._complete, trial)
@@ -48,7 +76,8 @@ class TrialRecorder(ray.tune.Callback):
         try:
             record(trial)
         except Exception as e:  # a tracking hiccup must not end the sweep
-            print(f"warning: could not record trial {trial.trial_id} in MLflow: {e}")
+            error = redact_in(str(e), self.spec.tracking_uri)
+            print(f"warning: could not record trial {trial.trial_id} in MLflow: {error}")
 
     def _complete(self, trial) -> None:
         run_id = self._run(trial)

@@ -2,16 +2,20 @@
 its storage folder, its MLflow parent run and each trial's run name.
 
 ``--resume`` needs nothing but the storage path (and, for object stores, the name): the spec
-brings back the data, configs, search space, resources and tracking store.
+brings back the data, configs, search space, resources and tracking store. A tracking URI's
+``user:password@`` is not saved (the storage may be a shared bucket): ``--resume`` gets it
+again from ``--tracking-uri``, or from MLflow's own credential variables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pyarrow.fs
 import ray.tune
@@ -19,10 +23,16 @@ import ray.tune
 from sevlm.artemis import DataSource
 from sevlm.config import ModelConfig, SearchConfig, TrainConfig, metric_mode, override_configs
 from sevlm.text import UtterancePrep
-from sevlm.tracking import find_or_create_run, resolve_tracking_uri
+from sevlm.tracking import (
+    find_or_create_run,
+    redact,
+    resolve_tracking_uri,
+    without_credentials,
+)
 from sevlm_train.driver import Scaling
 
 SPEC_FILE = "sevlm_sweep.json"
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 @dataclass
@@ -62,6 +72,10 @@ class SweepSpec:
     @property
     def trials_storage(self) -> str:
         return f"{self.storage.rstrip('/')}/{self.name}-trials"
+
+    def redacted(self) -> SweepSpec:
+        """This spec fit to store: its tracking URI without the password."""
+        return dataclasses.replace(self, tracking_uri=redact(self.tracking_uri))
 
 
 def make_spec(
@@ -110,10 +124,11 @@ def storage_fs(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 
 def save_spec(spec: SweepSpec) -> None:
+    """Write the spec into the sweep's folder, its tracking URI redacted."""
     fs, root = storage_fs(spec.storage)
     fs.create_dir(f"{root}/{spec.name}", recursive=True)
     with fs.open_output_stream(f"{root}/{spec.name}/{SPEC_FILE}") as f:
-        f.write(json.dumps(dataclasses.asdict(spec), indent=2).encode())
+        f.write(json.dumps(dataclasses.asdict(spec.redacted()), indent=2).encode())
 
 
 def load_spec(storage: str, name: str | None) -> SweepSpec:
@@ -137,6 +152,28 @@ def load_spec(storage: str, name: str | None) -> SweepSpec:
         raise ValueError(f"--resume: no sweep named {name!r} in {storage}")
     with fs.open_input_stream(path) as f:
         return SweepSpec(**json.loads(f.read()))
+
+
+def resume_tracking_uri(saved: str, given: str | None) -> str:
+    """The tracking URI of a resumed sweep: its saved one, with the credentials it lost on save.
+
+    A ``given`` URI with credentials brings them (it must name the saved store); otherwise a
+    redacted saved URI needs ``MLFLOW_TRACKING_USERNAME`` and ``MLFLOW_TRACKING_PASSWORD``.
+    """
+    if given and redact(given) != given:
+        if redact(given) != redact(saved):
+            raise ValueError(f"--resume --tracking-uri {redact(given)}: the sweep's tracking "
+                             f"store is {redact(saved)}")  # fmt: skip
+        return given
+    if not urlsplit(saved).netloc.startswith("***@"):
+        return saved
+    if all(os.environ.get(name) for name in CREDENTIAL_VARS):
+        return without_credentials(saved)
+    raise ValueError(
+        f"--resume: the sweep's tracking store {saved} needs credentials, which are not saved "
+        "with the sweep: pass --tracking-uri with them again, or better, set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (no URI then holds them)"
+    )
 
 
 def sweep_exists(storage: str, name: str) -> bool:

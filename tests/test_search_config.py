@@ -15,9 +15,9 @@ from sevlm.text import UtterancePrep
 pytest.importorskip("ray")
 from ray.tune.schedulers import ASHAScheduler
 
-from sevlm_train.driver import Scaling
-from sevlm_train.search import FinishingASHA, PruningOptunaSearch, trial_concurrency
-from sevlm_train.sweep_record import TrialRow, optuna_plots
+from sevlm_train.driver import ERROR_TAG, Scaling, mark_failed
+from sevlm_train.search import FinishingASHA, PruningOptunaSearch, _new_tuner, trial_concurrency
+from sevlm_train.sweep_record import TrialRecorder, TrialRow, optuna_plots
 from sevlm_train.sweep_spec import load_spec, make_spec, save_spec, tune_space
 
 
@@ -168,6 +168,29 @@ def test_spec_round_trips_and_resume_finds_the_newest(tmp_path, sample):
         load_spec(str(tmp_path / "empty"), None)
 
 
+def test_a_failed_runs_error_tag_hides_the_password(monkeypatch):
+    """A trial's error (MLflow's quote the URI) becomes its run's tag, for all to read."""
+
+    tags: dict[str, str] = {}
+
+    class Client:
+        def get_run(self, run_id):
+            return type("Run", (), {"info": type("Info", (), {"status": "RUNNING"})})
+
+        def set_tag(self, run_id, key, value):
+            tags[key] = value
+
+        def set_terminated(self, run_id, status):
+            pass
+
+    monkeypatch.setattr("sevlm_train.driver.client_for", lambda uri: Client())
+    uri = "https://user:secret@mlflow.example"
+    mark_failed(uri, "r", RuntimeError(f"API request to {uri}/api/2.0/x failed"))
+    assert tags[ERROR_TAG] == (
+        "RuntimeError: API request to https://***@mlflow.example/api/2.0/x failed"
+    )
+
+
 def test_asha_stopped_trials_are_pruned_for_optuna():
     search = PruningOptunaSearch(
         space=tune_space(SearchConfig()), metric="val/bleu4", mode="max", seed=0
@@ -315,3 +338,68 @@ def test_search_cli_resume_without_a_sweep_is_a_clear_error(tmp_path, capsys):
     argv = ["--resume", "--storage", none, "--num-samples", "9", "--preset", "paper"]
     assert search_cli().main(argv) == 2
     assert "with its saved settings: ignoring --preset, --num-samples" in capsys.readouterr().err
+
+
+SECRET_URI = "http://user:secret@127.0.0.1:9/"  # nothing listens on the discard port
+
+
+def saved_with_a_password(tmp_path, sample) -> str:
+    """A sweep "locked" saved with a tracking URI that holds a password; its storage."""
+    spec = spec_for(Path(sample.out), name="locked")
+    spec.storage, spec.tracking_uri = str(tmp_path / "storage"), SECRET_URI
+    save_spec(spec)
+    return spec.storage
+
+
+def test_a_saved_sweep_holds_no_password(tmp_path, sample):
+    storage = saved_with_a_password(tmp_path, sample)
+    assert "secret" not in (Path(storage) / "locked" / "sevlm_sweep.json").read_text()
+    assert load_spec(storage, "locked").tracking_uri == "http://***@127.0.0.1:9/"
+
+
+def test_resume_needs_the_password_again(tmp_path, sample, capsys, monkeypatch):
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    argv = ["--resume", "--storage", saved_with_a_password(tmp_path, sample)]
+    assert search_cli().main(argv) == 2
+    err = capsys.readouterr().err
+    assert "needs credentials, which are not saved" in err and "MLFLOW_TRACKING_PASSWORD" in err
+    assert search_cli().main([*argv, "--tracking-uri", "http://user:secret@10.0.0.1:9/"]) == 2
+    assert "the sweep's tracking store is http://***@127.0.0.1:9/" in capsys.readouterr().err
+    # the right one is taken (not ignored): the sweep goes on, to its store that is not there
+    assert search_cli().main([*argv, "--tracking-uri", SECRET_URI]) == 2
+    err = capsys.readouterr().err
+    assert "ignoring" not in err and "secret" not in err
+    assert "cannot reach the MLflow tracking store at http://***@127.0.0.1:9/" in err
+
+
+def test_resume_takes_the_password_from_mlflows_variables(tmp_path, sample, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    argv = ["--resume", "--storage", saved_with_a_password(tmp_path, sample)]
+    assert search_cli().main(argv) == 2
+    assert (
+        "cannot reach the MLflow tracking store at http://127.0.0.1:9/" in capsys.readouterr().err
+    )
+
+
+def test_the_sweeps_tuner_state_holds_no_password(tmp_path, sample, monkeypatch):
+    """Tune pickles the sweep's recorder into its storage (tuner.pkl); --resume unpickles it,
+    and it takes the password from the resumed sweep's spec."""
+    import ray.cloudpickle
+
+    def trainable(config):
+        pass
+
+    monkeypatch.setattr(TrialRecorder, "uris", {}, raising=False)
+    storage = saved_with_a_password(tmp_path, sample)
+    spec = load_spec(storage, "locked")
+    spec.tracking_uri = SECRET_URI
+    _new_tuner(spec, spec.search_config, trainable, 1)
+    saved = (Path(storage) / "locked" / "tuner.pkl").read_bytes()
+    assert b"secret" not in saved
+    monkeypatch.setattr(TrialRecorder, "uris", {})  # a new driver, resuming
+    recorder = lambda: ray.cloudpickle.loads(saved)["_run_config"].callbacks[0]  # noqa: E731
+    assert recorder().spec.tracking_uri == "http://***@127.0.0.1:9/"
+    TrialRecorder.remember(spec)
+    assert recorder().spec.tracking_uri == SECRET_URI

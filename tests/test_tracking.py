@@ -44,6 +44,15 @@ def test_unreachable_server_is_a_clear_error() -> None:
     assert time.perf_counter() - started < 60  # no long retry loop before saying so
 
 
+def test_an_unreachable_server_error_hides_the_password() -> None:
+    """The CLI prints the error; in a trial its traceback lands in Tune's error file."""
+    with pytest.raises(TrackingError) as caught:
+        check_reachable("http://user:secret@127.0.0.1:9/")
+    assert "tracking store at http://***@127.0.0.1:9/" in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert caught.value.__suppress_context__  # MLflow's error, quoting it, is not chained
+
+
 def test_runs_are_found_again_by_name(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     params = {"model": {"w_cl": 0.5, "vision": {"hidden_size": 128}}, "train": {"lr": 0.001}}

@@ -31,13 +31,14 @@ from sevlm.tracking import (
     DEFAULT_EXPERIMENT,
     check_reachable,
     find_run,
+    redact,
     resolve_tracking_uri,
 )
 from sevlm.weights import check_pretrained
 from sevlm_train.driver import Scaling, ensure_ray
 from sevlm_train.search import run_search, trial_concurrency
 from sevlm_train.sweep_record import format_summary
-from sevlm_train.sweep_spec import load_spec, make_spec, sweep_exists
+from sevlm_train.sweep_spec import load_spec, make_spec, resume_tracking_uri, sweep_exists
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         storage = storage if "://" in storage else str(Path(storage).absolute())
         if args.resume:
             spec = load_spec(storage, args.name)
+            spec.tracking_uri = resume_tracking_uri(spec.tracking_uri, args.tracking_uri)
         else:
             spec = new_spec(args, scaling, storage, say)
         check_reachable(spec.tracking_uri)
@@ -111,16 +113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 RESUME_USES = {"help", "resume", "name", "storage", "output"}
-"""What --resume reads from the command line: which sweep, and where it is stored."""
+"""What --resume reads from the command line: which sweep, and where it is stored (and a
+--tracking-uri with credentials: they are not saved)."""
 
 
 def ignored_on_resume(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """The options given that a resumed sweep does not use (it has its saved settings)."""
+    uri = args.tracking_uri
+    uses = RESUME_USES | ({"tracking_uri"} if uri and redact(uri) != uri else set())
     return [
         action.option_strings[0]
         for action in parser._actions
         if action.option_strings
-        and action.dest not in RESUME_USES
+        and action.dest not in uses
         and getattr(args, action.dest) != action.default
     ]
 
