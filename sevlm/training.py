@@ -121,11 +121,12 @@ class Stepper:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        lr = self.scheduler.get_last_lr()[0]  # this step's: stepping the schedule moves it on
         self.scheduler.step()
         # Tensors, not floats: reading them waits for the GPU, so only do that when logging.
         metrics = {f"train/{k}": v for k, v in terms.items()}
         metrics["train/grad_norm"] = grad_norm.detach()
-        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/lr"] = lr
         return metrics
 
     def state_dict(self) -> dict[str, Any]:

@@ -99,7 +99,9 @@ def test_steps_lower_the_loss(setup, sample) -> None:
     model = build_model(config, load_tokenizer())
     stepper = Stepper(model, model, TrainConfig(lr=2e-3, lr_vad=2e-3, max_steps=100), CPU)
     batch = to_device(next(iter_batches(data.split("train"), example, batch_size=8)), CPU)
+    used = stepper.optimizer.param_groups[0]["lr"]
     first = stepper.step(batch)
+    assert first["train/lr"] == used != stepper.optimizer.param_groups[0]["lr"]  # not the next
     for _ in range(15):
         last = stepper.step(batch)
     assert last["train/lm_loss"] < first["train/lm_loss"] - 3.0  # from about 11 nats
