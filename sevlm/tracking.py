@@ -22,6 +22,10 @@ RUN_NAME_TAG = "sevlm.run_name"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 
 
+ERROR_TAG = "sevlm.error"
+"""Tag of a failed run: what went wrong."""
+
+
 class TrackingError(RuntimeError):
     """The tracking store cannot be used: unreachable, or refused the run."""
 
@@ -140,6 +144,8 @@ def find_or_create_run(
     if run is not None:
         if run.info.status != "RUNNING":
             client.update_run(run.info.run_id, status="RUNNING")
+        if ERROR_TAG in run.data.tags:  # the failure it had is over: it runs again
+            client.delete_tag(run.info.run_id, ERROR_TAG)
         return run.info.run_id, False
     tags = {RUN_NAME_TAG: run_name}
     if parent_run_id:

@@ -36,6 +36,7 @@ from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import (
     DEFAULT_EXPERIMENT,
+    ERROR_TAG,
     check_reachable,
     client_for,
     find_or_create_run,
@@ -59,8 +60,6 @@ if TYPE_CHECKING:  # only a sweep's driver makes one; ray.tune stays unimported 
 Printer = Callable[[str], None]
 MODEL_URI_TAG = "sevlm.model_uri"
 """Tag of a finished training run: the URI of its logged model."""
-ERROR_TAG = "sevlm.error"
-"""Tag of a failed training run: what went wrong."""
 ONE_NODE_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sevlm.tracking import (
+    ERROR_TAG,
     MetricLogger,
     TrackingError,
     check_reachable,
@@ -63,6 +64,16 @@ def test_runs_are_found_again_by_name(tmp_path: Path) -> None:
     logged = client_for(uri).get_run(run_id).data.params
     assert logged == {"model.w_cl": "0.5", "model.vision.hidden_size": "128", "train.lr": "0.001"}
     assert flatten({"a": {"b": 1}}) == {"a.b": "1"}
+
+
+def test_a_failed_run_found_again_runs_without_its_old_error(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_id, _ = find_or_create_run(uri, "exp", "run", {})
+    client_for(uri).set_tag(run_id, ERROR_TAG, "RuntimeError: the worker died")
+    client_for(uri).set_terminated(run_id, status="FAILED")
+    assert find_or_create_run(uri, "exp", "run", {}) == (run_id, False)
+    run = client_for(uri).get_run(run_id)
+    assert run.info.status == "RUNNING" and ERROR_TAG not in run.data.tags
 
 
 class FlakyClient:
