@@ -43,4 +43,6 @@ def test_dashboard_local_only_and_project_installed() -> None:
     assert config["file_mounts"] == {"~/sevlm": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
+    # `ray job submit -- python ...` runs with the PATH that `ray start` had
+    assert all("export PATH=$HOME/sevlm-env/bin:$PATH;" in c for c in starts if "ray start" in c)
     assert any("/mnt/sevlm" in c for c in config["setup_commands"])  # shared storage
