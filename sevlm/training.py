@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from sevlm.artemis import Painting
@@ -140,6 +141,19 @@ class Stepper:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+
+
+def mean_over_workers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` with the loss terms of :meth:`Stepper.step` averaged over every worker: a
+    collective, so every worker calls it at the same steps. One worker's terms are of its own
+    shard only, and its contrastive term is scaled so that the workers' mean is the batch's.
+    """
+    names = [f"train/{k}" for k in LOSS_TERMS if f"train/{k}" in metrics]
+    if not names or not dist.is_initialized() or dist.get_world_size() == 1:
+        return metrics
+    sums = torch.stack([torch.as_tensor(metrics[k]).float() for k in names])
+    dist.all_reduce(sums)  # a sum: gloo has no average
+    return {**metrics, **dict(zip(names, sums / dist.get_world_size(), strict=True))}
 
 
 def micro_batches(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:

@@ -39,7 +39,14 @@ from sevlm.model import SEVLM
 from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import MetricLogger
-from sevlm.training import Stepper, eval_shard, evaluate_shard, reduce_eval, to_device
+from sevlm.training import (
+    Stepper,
+    eval_shard,
+    evaluate_shard,
+    mean_over_workers,
+    reduce_eval,
+    to_device,
+)
 from sevlm.weights import WEIGHTS_FILE, build_model, load_weights, save_weights
 
 if TYPE_CHECKING:  # built by a sweep's driver; ray.tune stays unimported otherwise
@@ -190,13 +197,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state.step += 1
             state.batch_in_pass += 1
             images_since += per_worker
-            if logger is not None and state.step % train_cfg.log_every == 0:
-                now = time.perf_counter()
-                metrics = {k: float(v) for k, v in metrics.items()}
-                metrics["train/images_per_s"] = images_since / max(now - since, 1e-9) * world
-                since, images_since = now, 0
-                logger.log(metrics, state.step)
-                _say(_line("train", state.step, metrics))
+            if state.step % train_cfg.log_every == 0:
+                metrics = mean_over_workers(metrics)  # every worker: an all-reduce
+                if logger is not None:
+                    now = time.perf_counter()
+                    metrics = {k: float(v) for k, v in metrics.items()}
+                    metrics["train/images_per_s"] = images_since / max(now - since, 1e-9) * world
+                    since, images_since = now, 0
+                    logger.log(metrics, state.step)
+                    _say(_line("train", state.step, metrics))
             if state.step % train_cfg.val_every == 0 or state.step == train_cfg.max_steps:
                 validate()
             if state.step >= train_cfg.max_steps or state.stopped:

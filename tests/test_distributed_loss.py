@@ -11,6 +11,7 @@ import torch.multiprocessing as mp
 
 from sevlm.losses import contrastive_loss
 from sevlm.model import ContrastiveScorer
+from sevlm.training import mean_over_workers
 
 N, C = 8, 6  # sequences per worker, feature width
 UNEVEN = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
@@ -70,3 +71,30 @@ def test_two_workers_equal_one_process(tmp_path: Path, pattern: torch.Tensor) ->
     for rank in range(2):
         expected = explanation.grad[rank * N : (rank + 1) * N] * 2
         torch.testing.assert_close(results[rank]["feature_grad"], expected, rtol=1e-5, atol=1e-7)
+
+
+def _mean_worker(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        metrics = {
+            "train/lm_loss": torch.tensor(2.0 + rank),
+            "train/cl_loss": torch.tensor(4.0 * rank),
+            "train/grad_norm": torch.tensor(7.0),
+            "train/lr": 0.1,
+        }
+        torch.save(mean_over_workers(metrics), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_logged_losses_are_the_mean_over_workers(tmp_path: Path) -> None:
+    """Rank 0 logs for all: its losses alone are its shard's (a contrastive term of 0 where it
+    holds no pair); the workers' mean is the batch's."""
+    out = str(tmp_path / "result")
+    mp.spawn(_mean_worker, args=(f"file://{tmp_path}/init", out), nprocs=2, join=True)
+    for rank in range(2):
+        got = torch.load(f"{out}.{rank}", weights_only=True)
+        assert float(got["train/lm_loss"]) == 2.5 and float(got["train/cl_loss"]) == 2.0
+        assert float(got["train/grad_norm"]) == 7.0 and got["train/lr"] == 0.1  # not losses
+    one = {"train/lm_loss": torch.tensor(3.0)}
+    assert mean_over_workers(one) is one  # no process group: nothing to average
