@@ -191,23 +191,28 @@ class MetricLogger:
         return self._last_step[key]
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log the metrics the run lacks at ``step``; those the store did not take (an
+        outage, a pause) are counted in ``dropped``."""
         from mlflow.entities import Metric
 
-        if time.monotonic() < self._paused_until:
-            self.dropped += len(metrics)
-            return
-        fresh = {}
+        fresh, lost = {}, 0
         for key, value in metrics.items():
-            last = self._last(key)
-            if last is not None and step > last:
+            last = None if self._paused() else self._last(key)  # a failure here pauses too
+            if last is None:
+                lost += 1
+            elif step > last:
                 fresh[key] = float(value)
-        if not fresh:
-            return
-        now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, step) for k, v in fresh.items()]
-        ok, _ = self._call(self.client.log_batch, self.run_id, metrics=batch)
-        if ok:
-            self._last_step.update(dict.fromkeys(fresh, step))
+        if fresh and not self._paused():
+            now = int(time.time() * 1000)
+            batch = [Metric(k, v, now, step) for k, v in fresh.items()]
+            ok, _ = self._call(self.client.log_batch, self.run_id, metrics=batch)
+            if ok:
+                self._last_step.update(dict.fromkeys(fresh, step))
+                fresh = {}
+        self.dropped += lost + len(fresh)
+
+    def _paused(self) -> bool:
+        return time.monotonic() < self._paused_until
 
     def _call(self, fn, *args, **kwargs) -> tuple[bool, Any]:
         """``(True, result)``, or ``(False, None)`` after the retries; never raises."""

@@ -218,6 +218,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             state.stream_pass += 1
             state.batch_in_pass = 0
+    if logger is not None and logger.dropped:
+        _say(f"warning: {logger.dropped} metrics were not logged to MLflow ({logger.failures} "
+             "calls failed; logging paused after each): the run's curves have gaps")  # fmt: skip
 
 
 def open_feature_cache(

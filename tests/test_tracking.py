@@ -125,7 +125,27 @@ def test_an_outage_pauses_logging_instead_of_stalling_training() -> None:
     for step in range(2, 50):
         logger.log({"train/loss": 1.0}, step=step)
     assert client.calls == calls  # paused: no more calls to a store that is down
-    assert logger.dropped == 48
+    assert logger.dropped == 49  # the first call's metric too
+
+
+def test_an_outage_within_one_call_pauses_at_once_and_counts_what_it_lost() -> None:
+    """A first log of several keys asks the store for each key's history: once one request
+    fails, the rest of the call waits for nothing and every metric not logged is counted."""
+    client = FlakyClient(failures=10**6)
+    logger = _logger(client)
+    logger.log({f"train/term{i}": 1.0 for i in range(8)}, step=1)
+    assert client.calls == 3 and logger.failures == 1  # one key's retries, not eight keys'
+    assert logger.dropped == 8
+    logger = _logger(ReadOnlyClient(failures=0))
+    logger.log({"a": 1.0, "b": 2.0}, step=1)  # the histories answer, the batch fails
+    assert logger.failures == 1 and logger.dropped == 2
+
+
+class ReadOnlyClient(FlakyClient):
+    """Answers reads; every write fails."""
+
+    def log_batch(self, run_id, metrics):
+        raise ConnectionError("the store takes no writes")
 
 
 def test_replayed_steps_are_not_logged_twice(tmp_path: Path) -> None:
