@@ -53,6 +53,14 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
     return ModelSource(ref, _model_dir(downloaded, ref), _logged_by(downloaded))
 
 
+def _not_here(ref: str) -> str:
+    """Why a bare name is looked up as a registered model: no folder of that name here, or one
+    that holds no model."""
+    if Path(ref).expanduser().is_dir():
+        return "a folder without a model (no config.json or MLmodel)"
+    return "not a folder"
+
+
 def _holds_model(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "MLmodel").is_file()
 
@@ -114,8 +122,8 @@ def _check_store(uri: str, ref: str) -> None:
     path = Path(uri.removeprefix("sqlite:///"))
     if uri.startswith("sqlite:///") and not path.is_file():
         raise ModelNotFound(
-            f"--model {ref}: not a folder, and there is no MLflow store at {path} to look it up "
-            "in (--tracking-uri or MLFLOW_TRACKING_URI names the store)"
+            f"--model {ref}: {_not_here(ref)}, and there is no MLflow store at {path} to look "
+            "it up in (--tracking-uri or MLFLOW_TRACKING_URI names the store)"
         )
 
 
@@ -141,6 +149,7 @@ def _registered(name: str, tracking_uri: str | None) -> str:
         ) from e
     if not versions:
         raise ModelNotFound(
-            f"--model {name}: not a folder, and no registered model of that name at {redact(uri)}"
+            f"--model {name}: {_not_here(name)}, and no registered model of that name at "
+            f"{redact(uri)}"
         )
     return f"models:/{name}/{max(int(v.version) for v in versions)}"

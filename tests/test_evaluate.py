@@ -214,14 +214,19 @@ def test_report_files_have_a_plain_files_mode(tmp_path: Path) -> None:
     assert {f.name: f.stat().st_mode for f in files} == {f.name: mode for f in files}
 
 
-def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys) -> None:
+def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["explain", "--model", "nobody", "--tracking-uri", uri, "x.jpg"]) == 2
     assert f"no MLflow store at {tmp_path / 'mlflow.db'}" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()  # a typo does not leave an empty store
     client_for(uri).search_experiments()  # now the store exists, without the model
     assert main(["explain", "--model", "nobody", "--tracking-uri", uri, "x.jpg"]) == 2
-    assert "no registered model" in capsys.readouterr().err
+    assert "nobody: not a folder, and no registered model" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)  # a bare name: a folder here without a model, or a registered name
+    assert main(["explain", "--model", "empty", "--tracking-uri", uri, "x.jpg"]) == 2
+    said = capsys.readouterr().err
+    assert "empty: a folder without a model (no config.json or MLmodel), and no registered" in said
     assert main(["explain", "--model", str(tmp_path), "x.jpg"]) == 2
     assert "neither a sevlm model directory" in capsys.readouterr().err
     (tmp_path / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts:\n"
