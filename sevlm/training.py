@@ -156,6 +156,17 @@ def mean_over_workers(metrics: dict[str, Any]) -> dict[str, Any]:
     return {**metrics, **dict(zip(names, sums / dist.get_world_size(), strict=True))}
 
 
+def from_rank_0(value: Any) -> Any:
+    """Rank 0's ``value`` on every worker: for a decision each worker took on its own from
+    shared storage, which one of them may have read stale or not at all, and which they must
+    act on alike (the wrong one waits in a collective the others never join)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def micro_batches(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
     """``batch`` split along its first dimension into ``parts`` batches, none empty."""
     size = len(next(iter(batch.values())))

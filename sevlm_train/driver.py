@@ -255,9 +255,7 @@ def run_training(
             "model": model_cfg.to_dict(),
             "train": train_cfg.to_dict(),
             "example": dataclasses.asdict(example),
-            "source": source.describe(),
-            "data_seed": data_seed,
-            "prep": dataclasses.asdict(prep),
+            "val": data.split("val"),  # checked here; a worker's own read would not decode
             "tracking_uri": uri,
             "run_id": run_id,
             "threads": threads,

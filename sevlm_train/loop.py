@@ -28,7 +28,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig
 from sevlm.examples import ExampleConfig, encode_batch, pass_epochs
 from sevlm.feature_cache import FeatureCache, key_digest
@@ -36,13 +35,13 @@ from sevlm.frozen_encoder import cache_key, encoder_name
 from sevlm.generate import Decoder
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.model import SEVLM
-from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import MetricLogger
 from sevlm.training import (
     Stepper,
     eval_shard,
     evaluate_shard,
+    from_rank_0,
     mean_over_workers,
     reduce_eval,
     to_device,
@@ -121,9 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stepper.load_state_dict(saved["stepper"])
         _say(f"[sevlm] resumed at step {state.step} (epoch {state.epoch})")
 
-    source = DataSource.from_dict(config["source"])
-    data = load_artemis(source, seed=config["data_seed"], prep=UtterancePrep(**config["prep"]))
-    val = data.split("val")
+    val = config["val"]  # as the driver checked it: its unreadable images left out
     val_shard = eval_shard(val, rank, world, train_cfg.val_max_images)
     decoder = Decoder(model, tokenizer, lexicon)
     logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
@@ -132,7 +129,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     per_worker = train_cfg.batch_size // world
     shard = ray.train.get_dataset_shard("train")
     gate = config.get("rung_gate")
-    passed = gate.passed() if gate else 0
+    passed = from_rank_0(gate.passed()) if gate else 0
 
     def validate() -> None:
         nonlocal passed
@@ -271,7 +268,7 @@ def _hold_at_rung(
     trial = gate.trial_id
     if rank == 0:
         _say(f"[sevlm] trial {trial} at the step-{step} rung: waiting for the sweep's verdict")
-    verdict = gate.wait(rung)
+    verdict = from_rank_0(gate.wait(rung))  # each polls the file: no collective held for long
     if verdict == "released":
         if rank == 0:
             _say(f"[sevlm] trial {trial} dropped at step {step}: reporting for Tune to stop it")

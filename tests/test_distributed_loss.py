@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from sevlm.losses import contrastive_loss
 from sevlm.model import ContrastiveScorer
-from sevlm.training import mean_over_workers
+from sevlm.training import from_rank_0, mean_over_workers
 
 N, C = 8, 6  # sequences per worker, feature width
 UNEVEN = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0], dtype=torch.bool)
@@ -82,19 +82,22 @@ def _mean_worker(rank: int, init: str, out: str) -> None:
             "train/grad_norm": torch.tensor(7.0),
             "train/lr": 0.1,
         }
-        torch.save(mean_over_workers(metrics), f"{out}.{rank}")
+        said = from_rank_0("released" if rank == 0 else "undecided")
+        torch.save({**mean_over_workers(metrics), "said": said}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
 def test_logged_losses_are_the_mean_over_workers(tmp_path: Path) -> None:
     """Rank 0 logs for all: its losses alone are its shard's (a contrastive term of 0 where it
-    holds no pair); the workers' mean is the batch's."""
+    holds no pair); the workers' mean is the batch's. And decisions the workers read from
+    storage each on its own are rank 0's on all."""
     out = str(tmp_path / "result")
     mp.spawn(_mean_worker, args=(f"file://{tmp_path}/init", out), nprocs=2, join=True)
     for rank in range(2):
         got = torch.load(f"{out}.{rank}", weights_only=True)
         assert float(got["train/lm_loss"]) == 2.5 and float(got["train/cl_loss"]) == 2.0
         assert float(got["train/grad_norm"]) == 7.0 and got["train/lr"] == 0.1  # not losses
+        assert got["said"] == "released"  # a rung's verdict: rank 0's, on every worker
     one = {"train/lm_loss": torch.tensor(3.0)}
     assert mean_over_workers(one) is one  # no process group: nothing to average

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sevlm.artemis import DataSource, load_artemis
+from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import load_configs
 from sevlm.emotions import EMOTIONS
 from sevlm.examples import ExampleConfig
@@ -140,12 +140,22 @@ def test_a_killed_worker_resumes_without_gaps_or_duplicates(ray_local, data, tmp
 
 
 def test_early_stop_after_validations_without_improvement(ray_local, data, tmp_path, monkeypatch):
+    """Also: the workers validate on the driver's validation paintings (here three of them),
+    not on a split of their own reading of the files."""
     monkeypatch.setenv(TRACE_DIR, str(tmp_path / "trace"))
     (tmp_path / "trace").mkdir()
-    # val/images never changes: the second validation (step 4) is the first not to improve
-    outcome = train(tmp_path, data, "early", early_stop=1, select_metric="val/images")
+    source, loaded = data
+    val = loaded.split("val")
+    assert len(val) > 3
+    kept = ArtemisData([p for p in loaded.paintings if p not in val[3:]], loaded.report)
+    # learning rates too small to move a weight: the validation loss never changes, so the
+    # second validation (step 4) is the first not to improve
+    tiny_lr = {"lr": 1e-30, "lr_vad": 1e-30}
+    outcome = train(tmp_path, (source, kept), "early", early_stop=1, **tiny_lr)
     assert len(trained_batches(tmp_path / "trace" / "rank0.tsv")) == 4
-    assert metric_steps(tmp_path, outcome.run_id, "val/images") == [2, 4]
+    assert metric_steps(tmp_path, outcome.run_id, "val/lm_loss") == [2, 4]
+    history = client_for(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history
+    assert [m.value for m in history(outcome.run_id, "val/images")] == [3.0, 3.0]
 
 
 def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monkeypatch):
