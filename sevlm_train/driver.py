@@ -37,6 +37,7 @@ from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import (
     DEFAULT_EXPERIMENT,
     ERROR_TAG,
+    MetricLogger,
     check_reachable,
     client_for,
     find_or_create_run,
@@ -372,11 +373,13 @@ def _finish(result, pipeline, model_cfg, train_cfg, data_info, output, uri, run_
     model_uri = log_model(uri, run_id, model_dir)
     client = client_for(uri)
     client.set_tag(run_id, MODEL_URI_TAG, model_uri)
-    for key, value in metrics.items():  # the exported checkpoint's figures
-        if key.startswith("val/") or key == "step":
-            client.log_metric(run_id, f"best/{key}", value)
-    for reason, count in pipeline.dropped().items():
-        client.log_metric(run_id, f"pipeline/{reason}", count)
+    # at their steps, through the logger that skips steps the run holds: a finished run started
+    # again (or resumed to the same end) adds no second point
+    logger = MetricLogger(uri, run_id)
+    best = {f"best/{k}": v for k, v in metrics.items() if k.startswith("val/") or k == "step"}
+    logger.log(best, int(metrics.get("step", 0)))  # the exported checkpoint's figures
+    dropped = {f"pipeline/{reason}": n for reason, n in pipeline.dropped().items()}
+    logger.log(dropped, int((result.metrics or {}).get("step", 0)))
     client.set_terminated(run_id, status="FINISHED")
     return model_dir, model_uri, metrics
 

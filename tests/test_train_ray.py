@@ -179,6 +179,8 @@ def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monke
     again = train(tmp_path, data, "resume", failures=0)  # a finished run: nothing to redo
     assert len(trained_batches(trace)) == 6
     assert again.run_id == outcome.run_id
+    best = metric_steps(tmp_path, outcome.run_id, "best/val/lm_loss")
+    assert best == [outcome.metrics["step"]]  # logged once, at the best checkpoint's step
     assert load_pretrained(again.model_dir).info["metrics"]["step"] == outcome.metrics["step"]
 
 
