@@ -260,13 +260,29 @@ def _move_into_place(staging: Path, target: Path, key: dict[str, Any]) -> None:
     except OSError:
         if not target.exists():
             raise  # not a race: a real failure
-    if FeatureCache.open(target.parent, key) is None:
+    if _damaged(target, key):
         _replace(staging, target, key)
+
+
+def _damaged(target: Path, key: dict[str, Any]) -> bool:
+    """Whether ``target`` cannot be the cache of ``key``: a file missing, a file that does not
+    parse, another key. An I/O error of another kind (a stale NFS handle, too many open files)
+    proves nothing, and a good cache that others read must not be thrown away for it."""
+    try:
+        return FeatureCache.load(target).key != key
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    except (ValueError, KeyError, TypeError):
+        return True
 
 
 def _replace(staging: Path, target: Path, key: dict[str, Any]) -> None:
     """Put ``staging`` in the place of the damaged ``target``. Another process replacing it
     at the same time may get there first: its complete cache is then kept."""
+    if not _damaged(target, key):
+        return  # another process has just put a complete cache there
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}-broken-", dir=target.parent))
     try:
         target.rename(aside / "old")
@@ -318,9 +334,16 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file's data, or a folder's entries, to disk."""
-    fd = os.open(path, os.O_RDONLY)
+    """Flush a file's data, or a folder's entries, to disk. For a folder it is best effort:
+    some network and FUSE file systems refuse to sync one (EINVAL), and the files in it are
+    synced already."""
+    folder = path.is_dir()
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        if not folder:
+            raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from sevlm.feature_cache import (
     KEYS_FILE,
     META_FILE,
     FeatureCache,
+    _fsync,
     cached_or_written,
     data_fingerprint,
     key_digest,
@@ -230,6 +232,36 @@ def test_a_damaged_cache_is_written_again_and_used(encoder, example, tmp_path) -
     lines.clear()
     assert cached_or_written(tmp_path, key, 2, no_encoding, lines.append) == path
     assert lines == [f"feature cache hit: {path} (2 paintings)"]
+
+
+def test_a_cache_that_fails_to_read_for_a_moment_is_kept(
+    encoder, example, tmp_path, monkeypatch
+) -> None:
+    """A stale NFS handle is not damage: the complete cache others read stays, ours goes."""
+    key = cache_key(encoder, example, "test", "data")
+    path = write_cache(tmp_path, key, iter([(["a"], np.full((1, 2, 2), 1.0))]), 1)
+
+    def stale(folder):
+        raise OSError(errno.ESTALE, "Stale file handle")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(FeatureCache, "load", staticmethod(stale))
+        assert write_cache(tmp_path, key, iter([(["a"], np.full((1, 2, 2), 2.0))]), 1) == path
+    assert FeatureCache.open(tmp_path, key).lookup(["a"])[0, 0, 0] == 1
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_folder_that_cannot_be_synced_is_not_an_error(tmp_path, monkeypatch) -> None:
+    """Some network and FUSE file systems refuse to fsync a folder (EINVAL); files must sync."""
+
+    def refuse(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "fsync", refuse)
+    _fsync(tmp_path)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OSError, match="Invalid argument"):
+        _fsync(tmp_path / "f")
 
 
 def test_lookup_of_an_unknown_painting_says_why(encoder, example, tmp_path) -> None:
