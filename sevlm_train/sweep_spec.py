@@ -165,14 +165,17 @@ def resume_tracking_uri(saved: str, given: str | None) -> str:
             raise ValueError(f"--resume --tracking-uri {redact(given)}: the sweep's tracking "
                              f"store is {redact(saved)}")  # fmt: skip
         return given
-    if not urlsplit(saved).netloc.startswith("***@"):
+    parts = urlsplit(saved)
+    if not parts.netloc.startswith("***@"):
         return saved
-    if all(os.environ.get(name) for name in CREDENTIAL_VARS):
+    server = parts.scheme in ("http", "https")  # MLflow's variables are for its server only
+    if server and all(os.environ.get(name) for name in CREDENTIAL_VARS):
         return without_credentials(saved)
+    better = (", or better, set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (no URI "
+              "then holds them)") if server else ""  # fmt: skip
     raise ValueError(
         f"--resume: the sweep's tracking store {saved} needs credentials, which are not saved "
-        "with the sweep: pass --tracking-uri with them again, or better, set "
-        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (no URI then holds them)"
+        f"with the sweep: pass --tracking-uri with them again{better}"
     )
 
 

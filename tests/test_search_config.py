@@ -18,7 +18,13 @@ from ray.tune.schedulers import ASHAScheduler
 from sevlm_train.driver import ERROR_TAG, Scaling, mark_failed
 from sevlm_train.search import FinishingASHA, PruningOptunaSearch, _new_tuner, trial_concurrency
 from sevlm_train.sweep_record import TrialRecorder, TrialRow, optuna_plots
-from sevlm_train.sweep_spec import load_spec, make_spec, save_spec, tune_space
+from sevlm_train.sweep_spec import (
+    load_spec,
+    make_spec,
+    resume_tracking_uri,
+    save_spec,
+    tune_space,
+)
 
 
 def test_default_space_is_the_papers_three_knobs():
@@ -371,6 +377,18 @@ def test_resume_needs_the_password_again(tmp_path, sample, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "ignoring" not in err and "secret" not in err
     assert "cannot reach the MLflow tracking store at http://***@127.0.0.1:9/" in err
+
+
+def test_a_database_stores_password_comes_only_from_the_command_line(monkeypatch):
+    """MLflow reads its credential variables for its HTTP server, not for a database URI."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "user")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "secret")
+    saved = "postgresql://***@db:5432/mlflow"
+    with pytest.raises(ValueError, match=r"pass --tracking-uri with them again$"):
+        resume_tracking_uri(saved, None)
+    given = "postgresql://user:secret@db:5432/mlflow"
+    assert resume_tracking_uri(saved, given) == given
+    assert resume_tracking_uri("https://***@host/", None) == "https://host/"
 
 
 def test_resume_takes_the_password_from_mlflows_variables(tmp_path, sample, capsys, monkeypatch):
