@@ -63,6 +63,15 @@ def redact_in(text: str, uri: str) -> str:
     return text.replace(netloc.rsplit("@", 1)[0] + "@", "***@")
 
 
+def without_secrets(error: BaseException, uri: str) -> BaseException:
+    """``error``, or where its text holds ``uri``'s credentials (MLflow's errors quote the URL
+    of the request that failed) a :class:`TrackingError` with them taken out: raised from a
+    trial, the text would reach Tune's error file in the sweep's storage."""
+    text = str(error)
+    clean = redact_in(text, uri)
+    return error if clean == text else TrackingError(f"{type(error).__name__}: {clean}")
+
+
 def without_credentials(uri: str) -> str:
     """``uri`` with no ``user:password@`` at all (MLflow then reads ``MLFLOW_TRACKING_USERNAME``
     and ``MLFLOW_TRACKING_PASSWORD``)."""

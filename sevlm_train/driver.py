@@ -45,6 +45,7 @@ from sevlm.tracking import (
     redact,
     redact_in,
     resolve_tracking_uri,
+    without_secrets,
 )
 from sevlm.weights import (
     WEIGHTS_FILE,
@@ -290,7 +291,10 @@ def run_training(
         )
     except BaseException as e:  # Ctrl-C too: the MLflow run must not stay RUNNING
         mark_failed(uri, run_id, e)
-        raise
+        safe = without_secrets(e, uri)
+        if safe is e:
+            raise
+        raise safe from None  # MLflow's error, quoting the password: neither shown nor chained
     printer(f"best checkpoint: step {outcome.metrics.get('step')}, {train_cfg.select_metric} "
             f"{outcome.metrics.get(train_cfg.select_metric)}")  # fmt: skip
     return outcome

@@ -16,6 +16,7 @@ from sevlm.tracking import (
     find_or_create_run,
     flatten,
     resolve_tracking_uri,
+    without_secrets,
 )
 
 
@@ -52,6 +53,19 @@ def test_an_unreachable_server_error_hides_the_password() -> None:
     assert "tracking store at http://***@127.0.0.1:9/" in str(caught.value)
     assert "secret" not in str(caught.value)
     assert caught.value.__suppress_context__  # MLflow's error, quoting it, is not chained
+
+
+def test_an_error_quoting_the_password_is_replaced() -> None:
+    uri = "https://user:secret@mlflow.example:5000"
+    quoting = RuntimeError(f"API request to {uri}/api/2.0/mlflow/runs/get failed")
+    safe = without_secrets(quoting, uri)
+    assert isinstance(safe, TrackingError) and "secret" not in str(safe)
+    assert str(safe) == (
+        "RuntimeError: API request to https://***@mlflow.example:5000/api/2.0/mlflow/runs/get "
+        "failed"
+    )
+    other = ValueError("no such metric")
+    assert without_secrets(other, uri) is other
 
 
 def test_runs_are_found_again_by_name(tmp_path: Path) -> None:
