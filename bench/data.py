@@ -9,14 +9,14 @@ is rescaled to 600 pixels on the long side, about 600 x 450 = 270k pixels, and a
 square has 262k) and decode every image to the model's ``--size`` (224) with the same
 function, :func:`sevlm.examples.decode_batch`:
 
-- Ray Data: the real pipeline, ``build_pipeline(data, config, epoch=None,
-  splits=("train",), epochs_per_pass=E)``, exactly the dataset the trainer gets, in a local
-  Ray started with ``num_cpus=N``; one consumer reads it with ``iter_batches`` as a Train
-  worker does (numpy batches, ``local_shuffle_buffer_size`` 4 batches, as
-  ``sevlm_train/loop.py``): ``--epochs-per-pass`` E epochs in one read, as the trainer reads
-  a split this small (:func:`sevlm.pipeline.epochs_per_pass`). Each decode task decodes a
-  batch with ``--decode-threads`` threads (the pipeline's default, 2); a batch of one row,
-  as the DataLoader's, has nothing to share between threads.
+- Ray Data: the real pipeline, the dataset a one-worker run's worker reads for each pass,
+  ``TrainStream.shard(pass, 0)`` (:class:`sevlm.pipeline.TrainStream`, passes of
+  ``--epochs-per-pass`` E epochs, as the trainer reads a split this small), in a local Ray
+  started with ``num_cpus=N``; this process reads it with ``iter_batches`` as
+  ``sevlm_train/loop.py`` does (numpy batches). A pass leaves out its last incomplete batch,
+  as training does. Each decode task decodes a batch with ``--decode-threads`` threads (the
+  pipeline's default, 2); a batch of one row, as the DataLoader's, has nothing to share
+  between threads.
 - DataLoader: a map-style dataset whose ``__getitem__`` runs ``decode_batch`` on one row,
   ``num_workers=N`` persistent workers, the default collate (tensors in shared memory),
   ``shuffle=True``.
@@ -24,12 +24,12 @@ function, :func:`sevlm.examples.decode_batch`:
   no workers: what one CPU does.
 
 Each side reads passes of E epochs: the DataLoader and the reference epoch after epoch, Ray
-Data in one read. Each side runs one untimed warm-up pass (worker processes start, files enter
-the page cache), then ``--repeats`` timed passes, alternating sides so that a change in the
-machine's load hits all of them; the figure is the median. Ray's start-up is not timed; the
-pipeline's planning and task launches at the start of each read are, since training pays them
-every pass. On CUDA, each batch's
-pixels are copied to the GPU in every loop.
+Data in one read, each pass a new dataset (its own order, as in training). Each side runs one
+untimed warm-up pass (worker processes start, files enter the page cache), then ``--repeats``
+timed passes, alternating sides so that a change in the machine's load hits all of them; the
+figure is the median. Ray's start-up is not timed; the pipeline's planning and task launches at
+the start of each read are, since training pays them every pass. On CUDA, each batch's pixels
+are copied to the GPU in every loop.
 
 Besides wall time, the script reads from ``/proc`` the CPU time (user + system) that each
 side's processes spent in each pass: this process plus the DataLoader's workers, or this
@@ -48,7 +48,8 @@ several short epochs at once. After the table, the script says how many tasks Ra
 decode as, and how many new Ray worker processes each pass started (each imports torch and
 transformers to run ``decode_batch``).
 
-Every pass must deliver every training image exactly E times (the same key set on every side),
+Every pass must deliver every training image exactly E times (Ray Data: the rows of its
+pass), figures are per image delivered,
 and in the warm-up Ray Data and the DataLoader must agree on every image's pixels, or the
 script exits non-zero with no table. Ray's workers run at this process's nice level (Ray's
 default is 15, below the DataLoader's workers, which inherit this process's); ``--ray-niceness
@@ -59,6 +60,8 @@ DataLoader (ratio >= 1.0).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import logging
 import os
 import re
@@ -236,13 +239,18 @@ def consume(
     return Pass(seconds, first_batch or seconds, total, own, keys, sums)
 
 
-def check_pass(side: str, keys: list[str], expected: set[str], epochs: int) -> None:
-    wrong = {k: n for k, n in Counter(keys).items() if n != epochs}
-    if wrong:
-        raise BenchError(f"{side}: {len(wrong)} images not delivered {epochs} times")
-    if set(keys) != expected:
-        missing, extra = expected - set(keys), set(keys) - expected
-        raise BenchError(f"{side}: {len(missing)} images missing, {len(extra)} unexpected")
+def check_pass(side: str, keys: list[str], expected: Counter) -> None:
+    """``keys`` must be ``expected``: each image as many times as it counts."""
+    got = Counter(keys)
+    if got != expected:
+        wrong = {k for k in got.keys() | expected.keys() if got[k] != expected[k]}
+        raise BenchError(f"{side}: {len(wrong)} images delivered a wrong number of times")
+
+
+def pass_keys(stream, stream_pass: int, keys: list[str]) -> Counter:
+    """The images a one-worker pass of ``stream`` delivers: its steps' rows."""
+    index, _ = stream.order(stream_pass)
+    return Counter(keys[i] for i in index[: stream.steps_per_pass * stream.per_worker])
 
 
 def ray_workers(logs: Path) -> int:
@@ -259,29 +267,33 @@ def median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(known) if len(known) == len(values) and known else None
 
 
-def cpu_split(runs: list[Pass], per_pass: int) -> str:
+def per_epoch(runs: list[Pass], images: int, value: Callable[[Pass], float | None]) -> float | None:
+    """Median of ``value`` per epoch delivered (``images`` an epoch) over the passes."""
+    return median_or_none(
+        [None if value(r) is None else value(r) * images / len(r.keys) for r in runs]
+    )
+
+
+def cpu_split(runs: list[Pass], images: int) -> str:
     """Median CPU seconds per epoch in this process and in the side's others."""
-    own = median_or_none([r.own_cpu_seconds for r in runs])
-    total = median_or_none([r.cpu_seconds for r in runs])
+    own = per_epoch(runs, images, lambda r: r.own_cpu_seconds)
+    total = per_epoch(runs, images, lambda r: r.cpu_seconds)
     if own is None or total is None:
         return "n/a"
-    return f"{own / per_pass:.2f} here, {(total - own) / per_pass:.2f} elsewhere"
+    return f"{own:.2f} here, {total - own:.2f} elsewhere"
 
 
-def print_table(
-    passes: dict[str, list[Pass]], images: int, epochs: int, settings: dict[str, str]
-) -> None:
-    """Per-epoch figures of each side: the median pass over its ``epochs``."""
+def print_table(passes: dict[str, list[Pass]], images: int, settings: dict[str, str]) -> None:
+    """Per-epoch figures of each side (``images`` an epoch): medians over its passes."""
     print(
         "| loader | settings | s per epoch | images/s | first batch s | CPU s per epoch | "
         "CPUs busy | images per CPU s | passes (s) |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|")
     for side, runs in passes.items():
-        wall = statistics.median(e.seconds for e in runs) / epochs
+        wall = per_epoch(runs, images, lambda e: e.seconds)
         first = statistics.median(e.first_batch for e in runs)
-        cpu = median_or_none([e.cpu_seconds for e in runs])
-        cpu = None if cpu is None else cpu / epochs
+        cpu = per_epoch(runs, images, lambda e: e.cpu_seconds)
         busy = median_or_none(
             [None if e.cpu_seconds is None else e.cpu_seconds / e.seconds for e in runs]
         )
@@ -312,26 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         help="epochs in a pass (3): Ray Data reads them in one go, as the trainer does",
     )
     parser.add_argument(
-        "--shuffle-buffer",
-        type=int,
-        help="Ray's local_shuffle_buffer_size (default 4 batches, as training; 0: no shuffle, "
-        "and the DataLoader does not shuffle either)",
-    )
-    parser.add_argument(
         "--prefetch-batches", type=int, default=1, help="Ray iter_batches prefetch_batches (1)"
-    )
-    parser.add_argument(
-        "--stage-cpus", type=float, default=0.0, help="build_pipeline num_cpus (0, its default)"
     )
     parser.add_argument(
         "--decode-threads",
         type=int,
-        help="build_pipeline decode_threads (default: its own, sevlm.pipeline.DECODE_THREADS)",
+        help="TrainStream decode_threads (default: its own, sevlm.pipeline.DECODE_THREADS)",
     )
     parser.add_argument(
         "--tasks",
         type=int,
-        help="build_pipeline tasks: decode tasks at once (default: its own, --cpus)",
+        help="TrainStream tasks: decode tasks at once (default: --cpus, as one run's)",
     )
     parser.add_argument(
         "--unordered",
@@ -363,7 +366,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--decode-threads must be at least 1")
     if args.tasks is not None and args.tasks < 1:
         parser.error("--tasks must be at least 1")
-    shuffle_buffer = 4 * args.batch if args.shuffle_buffer is None else args.shuffle_buffer
     niceness = os.nice(0) if args.ray_niceness is None else args.ray_niceness
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         loader = DataLoader(
             PaintingImages(records, config),
             batch_size=args.batch,
-            shuffle=shuffle_buffer > 0,
+            shuffle=True,
             num_workers=args.cpus,
             persistent_workers=True,
             pin_memory=device.type == "cuda",
@@ -415,9 +417,12 @@ def main(argv: list[str] | None = None) -> int:
                     batch = {k: v[start : start + args.batch] for k, v in records.items()}
                     yield decode_batch(batch, config)[0]
 
+        every_image = Counter({key: per_pass for key in expected})
+        expect = {LOADER: lambda: every_image, SERIAL: lambda: every_image}
+
         def run(side: str, batches: Callable[[], Iterable[dict]], checksums: bool) -> Pass:
             one = consume(batches, device, args.size, checksums, lambda: meter.seconds(side))
-            check_pass(side, one.keys, expected, per_pass)
+            check_pass(side, one.keys, expect[side]())
             return one
 
         warm = run(LOADER, loader_batches, True)
@@ -426,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import ray
 
-        from sevlm.pipeline import DECODE_THREADS, build_pipeline
+        from sevlm.pipeline import DECODE_THREADS, TrainStream
 
         threads = args.decode_threads or DECODE_THREADS
 
@@ -446,30 +451,35 @@ def main(argv: list[str] | None = None) -> int:
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         print(f"ray:      started in {time.perf_counter() - started:.1f} s (not timed)")
-        pipeline = build_pipeline(
-            data, config, epoch=None, splits=("train",), batch_size=args.batch,
-            num_cpus=args.stage_cpus, epochs_per_pass=per_pass,
-            decode_threads=threads, tasks=args.tasks,
+        stream = dataclasses.replace(
+            TrainStream.create(
+                data, config, per_worker=args.batch, max_steps=1, decode_threads=threads,
+                tasks=args.tasks or args.cpus,
+            ),
+            epochs_per_pass=per_pass,
         )  # fmt: skip
-        dataset = pipeline.datasets["train"]
-        dataset.context.execution_options.preserve_order = not args.unordered
+        passes_read = itertools.count()
+        last: dict[str, ray.data.Dataset | int] = {}
 
         def ray_batches() -> Iterable[dict]:
+            last["pass"] = next(passes_read)
+            last["dataset"] = dataset = stream.shard(last["pass"], 0)
+            dataset.context.execution_options.preserve_order = not args.unordered
             return dataset.iter_batches(
                 batch_size=args.batch,
                 batch_format="numpy",
                 prefetch_batches=args.prefetch_batches,
-                local_shuffle_buffer_size=shuffle_buffer or None,
-                local_shuffle_seed=args.seed if shuffle_buffer else None,
+                drop_last=True,
             )
 
+        expect[RAY] = lambda: pass_keys(stream, last["pass"], records["key"])
         ray_warm = run(RAY, ray_batches, True)
         print(f"warm-up:  {RAY} pass {ray_warm.seconds:.2f} s (its workers start)", flush=True)
-        differ = [k for k in expected if not np.isclose(ray_warm.sums[k], warm.sums[k], rtol=1e-6)]
+        differ = [k for k, v in ray_warm.sums.items() if not np.isclose(v, warm.sums[k], rtol=1e-6)]
         if differ:
             raise BenchError(f"{len(differ)} images decode differently, e.g. {differ[0]}")
-        if pipeline.dropped():
-            raise BenchError(f"the pipeline dropped images: {pipeline.dropped()}")
+        if stream.dropped():
+            raise BenchError(f"the pipeline dropped images: {stream.dropped()}")
 
         sides = {RAY: ray_batches, LOADER: loader_batches}
         if args.reference:
@@ -493,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         new_workers = (ray_workers(logs) - workers_before) / args.repeats
-        tasks = re.search(r"MapBatches\(decode\): (\d+) tasks executed", dataset.stats())
+        tasks = re.search(r"MapBatches\(decode\): (\d+) tasks executed", last["dataset"].stats())
         end_load = load_average()
     except BenchError as e:
         print(f"\nBENCHMARK FAILED: {e}", file=sys.stderr)
@@ -513,12 +523,11 @@ def main(argv: list[str] | None = None) -> int:
 
     images = len(expected)
     settings = {
-        RAY: f"ray.init(num_cpus={args.cpus}), build_pipeline(num_cpus={args.stage_cpus}, "
-        f"epochs_per_pass={per_pass}, decode_threads={threads}, tasks={args.tasks or args.cpus}, "
-        f"preserve_order={not args.unordered}), "
-        f"iter_batches(prefetch_batches={args.prefetch_batches}, "
-        f"local_shuffle_buffer_size={shuffle_buffer}), worker niceness {niceness}",
-        LOADER: f"num_workers={args.cpus}, persistent_workers, shuffle={shuffle_buffer > 0}",
+        RAY: f"ray.init(num_cpus={args.cpus}), TrainStream(epochs_per_pass={per_pass}, "
+        f"decode_threads={threads}, tasks={args.tasks or args.cpus}).shard(pass, 0), "
+        f"preserve_order={not args.unordered}, "
+        f"iter_batches(prefetch_batches={args.prefetch_batches}), worker niceness {niceness}",
+        LOADER: f"num_workers={args.cpus}, persistent_workers, shuffle=True",
         SERIAL: "reference: decode_batch in this process, no workers",
     }
     print(
@@ -526,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.batch}, {args.cpus} CPUs each side, median of {args.repeats} passes of "
         f"{per_pass} epochs"
     )
-    print_table(passes, images, per_pass, settings)
+    print_table(passes, images, settings)
     print(
         f"\nRay Data: decode ran as {tasks.group(1) if tasks else 'n/a'} task(s) in the last "
         f"pass; {new_workers:.1f} new Ray worker processes per timed pass"
@@ -534,10 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "CPU s per epoch in this process (the consumer; for Ray Data also the streaming "
         "executor) and in the side's other processes: "
-        + "; ".join(f"{side} {cpu_split(runs, per_pass)}" for side, runs in passes.items())
+        + "; ".join(f"{side} {cpu_split(runs, images)}" for side, runs in passes.items())
     )
     print(f"load average at the end: {end_load} (1, 5, 15 min)")
-    rate = {side: 1 / statistics.median(e.seconds for e in runs) for side, runs in passes.items()}
+    rate = {side: 1 / per_epoch(runs, images, lambda e: e.seconds) for side, runs in passes.items()}
     print(f"Ray Data / DataLoader: {rate[RAY] / rate[LOADER]:.2f}x images/s (target >= 1.0)")
     return 0
 

@@ -54,7 +54,7 @@ from machine import print_header
 
 from sevlm.artemis import DataSource, load_artemis
 from sevlm.config import ModelConfig, TrainConfig, preset_values
-from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records, pass_epochs
+from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
 from sevlm.feature_cache import FeatureCache, attach_features
 from sevlm.frozen_encoder import cache_features_in_process
 from sevlm.sample import cached_sample
@@ -196,22 +196,19 @@ def ray_worker_loop(config: dict) -> None:
     model = build_model(model_cfg, load_tokenizer(model_cfg.tokenizer))
     wrapped = ray.train.torch.prepare_model(model)
     stepper = Stepper(wrapped, model, train_cfg, device)
-    shard = ray.train.get_dataset_shard("train")
-    per_pass = config["epochs_per_pass"]
+    stream = config["stream"]
 
     def batches() -> Iterator[dict]:
         for stream_pass in range(10_000):  # as sevlm_train.loop reads it, pass after pass
-            for batch in shard.iter_batches(
-                batch_size=args.batch, batch_format="numpy", drop_last=True,
-                local_shuffle_buffer_size=4 * args.batch, local_shuffle_seed=stream_pass,
-            ):  # fmt: skip
-                yield batch, pass_epochs(batch, stream_pass, per_pass)
+            yield from stream.shard(stream_pass, 0).iter_batches(
+                batch_size=args.batch, batch_format="numpy", drop_last=True
+            )
 
     source = batches()
 
     def step(i: int) -> None:
-        batch, epochs = next(source)
-        stepper.step(to_device(encode_batch(batch, example, epochs), device))
+        batch = next(source)
+        stepper.step(to_device(encode_batch(batch, example, batch["epoch"]), device))
 
     result = timed_result(step, args, device)
     Path(config["out"]).write_text(json.dumps(result))  # Train V2 keeps no checkpoint-less metrics
@@ -223,19 +220,17 @@ def ray_loop(args: argparse.Namespace) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from sevlm.pipeline import build_pipeline, epochs_per_pass
-    from sevlm_train.driver import Scaling, scaling_config, train_data_config
+    from sevlm.pipeline import TrainStream
+    from sevlm_train.driver import Scaling, scaling_config
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         model_cfg, _ = configs(args, "ours")
         data = load_artemis(DataSource.resolve(data=args.data))
-        rows, steps = len(data.split("train")), args.warmup + args.steps
-        per_pass = epochs_per_pass(rows, args.batch, steps)  # as the trainer reads its data
-        pipeline = build_pipeline(
-            data, example_for(args, model_cfg), epoch=None, splits=("train",),
-            batch_size=args.batch, features=args.cache, epochs_per_pass=per_pass,
+        stream = TrainStream.create(  # as the trainer reads its data
+            data, example_for(args, model_cfg), per_worker=args.batch,
+            max_steps=args.warmup + args.steps, tasks=args.cpus, features=args.cache,
         )  # fmt: skip
         scaling, _ = scaling_config(Scaling(num_workers=1))
         with tempfile.TemporaryDirectory(prefix="sevlm-bench-ray-") as storage:
@@ -245,12 +240,10 @@ def ray_loop(args: argparse.Namespace) -> dict:
                 train_loop_config={
                     "args": {**vars(args), "cache": str(args.cache)},
                     "out": str(out),
-                    "epochs_per_pass": per_pass,
+                    "stream": stream,
                 },
                 scaling_config=scaling,
                 run_config=ray.train.RunConfig(name="bench", storage_path=storage),
-                datasets={"train": pipeline.datasets["train"]},
-                dataset_config=train_data_config(pipeline.datasets["train"]),
             ).fit()
             return json.loads(out.read_text())
     finally:

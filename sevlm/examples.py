@@ -91,31 +91,6 @@ def painting_records(paintings: list[Painting]) -> dict[str, list]:
     }
 
 
-def epoch_records(records: dict[str, list], epochs: int, seed: int) -> dict[str, list]:
-    """``epochs`` copies of the records, each in its own random order, with an ``epoch``
-    column (the copy's index, 0 to ``epochs`` - 1): several training epochs as one stream.
-
-    The order of copy ``e`` depends only on ``seed`` and ``e``. Row counts stay exact: every
-    record appears once per copy.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    rows = len(records["key"])
-    order = [
-        int(i) for e in range(epochs) for i in np.random.default_rng([seed, e]).permutation(rows)
-    ]
-    out = {name: [values[i] for i in order] for name, values in records.items()}
-    out["epoch"] = [e for e in range(epochs) for _ in range(rows)]
-    return out
-
-
-def pass_epochs(batch: dict, stream_pass: int, epochs_per_pass: int) -> np.ndarray | int:
-    """The training epoch of each row of a batch read in pass ``stream_pass`` (counted from
-    0) of a stream of ``epochs_per_pass`` epochs: the row's ``epoch`` column (see
-    :func:`epoch_records`; 0 when there is none) plus the epochs of the passes before."""
-    return stream_pass * epochs_per_pass + batch.get("epoch", 0)
-
-
 def decode_batch(
     batch: dict, config: ExampleConfig, threads: int = 1
 ) -> tuple[dict, dict[str, list[str]]]:

@@ -5,9 +5,13 @@ tokenizing are ``map_batches`` stages whose tasks declare no CPU and are capped 
 :func:`build_pipeline`), so they share a small machine with training workers. Images that fail
 to decode are dropped and counted by a zero-CPU actor.
 
+Training reads a :class:`TrainStream`: each worker of a run builds the dataset of its own
+share of each pass (:meth:`TrainStream.shard`), whose order is a function of the seed and the
+pass alone, so a run resumed anywhere reads exactly the rows it had left.
+
 With a frozen encoder, :func:`sevlm.feature_encoding.cache_features` runs it once over the
-images into a :mod:`sevlm.feature_cache`, and ``build_pipeline(..., features=folder)`` reads
-features from it instead of decoding pixels.
+images into a :mod:`sevlm.feature_cache`, and the datasets read features from it (``features``)
+instead of decoding pixels.
 
 Ray Data runs this module's stages, and the drop counter, in fresh worker processes, which
 import what the stages reference: this module and what it imports stay free of torch and
@@ -20,18 +24,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import ray
-from ray.data import RandomSeedConfig
 
 from sevlm.artemis import SPLITS, ArtemisData
-from sevlm.examples import (
-    ExampleConfig,
-    decode_batch,
-    encode_batch,
-    epoch_records,
-    painting_records,
-)
+from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
 from sevlm.feature_cache import attach_features, load_cached
 
 
@@ -63,12 +61,6 @@ bench/RESULTS.md measured hand-overs of 0.13 to 0.21 s) and runs one task alone 
 second of a read: meanwhile a lone task's second thread keeps the other CPU busy."""
 
 
-SHUFFLE_CPUS = 0.25
-"""CPUs each task of the records' shuffle declares (unlike the map stages, see
-:func:`build_pipeline`): Ray Data starts a shuffle's tasks together (bench/RESULTS.md saw more
-at once than the decode stage's), and their CPUs are what keeps them from crowding the node."""
-
-
 @dataclass
 class Pipeline:
     """Ray Datasets per split, and the counter of what their decoding dropped."""
@@ -85,56 +77,157 @@ def build_pipeline(
     data: ArtemisData,
     config: ExampleConfig,
     *,
-    epoch: int | None = 0,
+    epoch: int = 0,
     splits: tuple[str, ...] = SPLITS,
     batch_size: int = 32,
     num_cpus: float = 0.0,
     features: Path | str | None = None,
-    epochs_per_pass: int = 1,
     decode_threads: int = DECODE_THREADS,
     tasks: int | None = None,
 ) -> Pipeline:
-    """Lazy Ray Datasets of model inputs for ``splits``, pairings drawn for ``epoch``.
-
-    With ``epoch=None`` the datasets stop after decoding: rows keep their ``annotations`` and
-    the consumer draws each epoch's pairs itself (:func:`sevlm.examples.encode_batch`), as the
-    trainer does, since one dataset serves every epoch. Each read is then one training pass
-    of ``epochs_per_pass`` epochs, never in the records' sorted (style/painting) order:
-
-    - ``epochs_per_pass`` > 1: one read streams that many epochs, each in its own seeded
-      random order, rows tagged with their ``epoch`` in the pass
-      (:func:`sevlm.examples.epoch_records`). Ray Data plans and starts a read anew each
-      time, about a second each on a small machine, and a pass pays it once for all its
-      epochs (see :func:`epochs_per_pass`). Every pass repeats the same orders.
-    - ``epochs_per_pass`` == 1 (a large split): Ray Data shuffles the records before
-      decoding, seeded and anew for every read, so every epoch has its own order.
+    """Lazy Ray Datasets of model inputs for ``splits``, in record order, pairings drawn for
+    ``epoch``. (Training reads a :class:`TrainStream` instead.)
 
     Each decode task decodes a batch with ``decode_threads`` threads (see
     :data:`DECODE_THREADS`). At most ``tasks`` tasks of a stage run at once (default: the
-    cluster's CPUs; a run sharing the cluster passes its share, and its blocks stay cut for
-    the whole cluster, so its batches do not depend on its share), each declaring ``num_cpus``
-    to Ray: none by default, since Ray Data 2.60 budgets a dataset's CPUs by what Ray Train
-    leaves of each node, split among the running datasets in whole CPUs. In a search on CPUs
-    that is 0 (two trials on 2 CPUs: 0.5 CPU of training each, 1 CPU left for 2 datasets):
-    tasks that need CPU then run one at a time, Ray Data warns that "the job may hang
-    forever", and each such dataset's scheduling loop spins on about a quarter of a CPU
-    (bench/RESULTS.md). Tasks that declare none are budgeted by the object store alone.
+    cluster's CPUs), each declaring ``num_cpus`` to Ray: none by default, since Ray Data 2.60
+    budgets a dataset's CPUs by what Ray Train leaves of each node, split among the running
+    datasets in whole CPUs. In a search on CPUs that is 0 (two trials on 2 CPUs: 0.5 CPU of
+    training each, 1 CPU left for 2 datasets): tasks that need CPU then run one at a time, Ray
+    Data warns that "the job may hang forever", and each such dataset's scheduling loop spins
+    on about a quarter of a CPU (bench/RESULTS.md). Tasks that declare none are budgeted by the
+    object store alone.
 
     With ``features`` (a feature cache folder, see :func:`sevlm.feature_encoding.cache_features`)
     rows carry the cached ``image_features`` instead of ``pixel_values``: no image is decoded.
     Paintings the cache lacks are dropped and counted by the reason it recorded.
 
     Every dataset delivers its rows in the order of its records (``preserve_order``), not in
-    the order its tasks happen to finish: the same seed gives the same batches on a busy
-    machine as on an idle one, and a run resumed inside a pass skips exactly the batches it
-    trained before. Pass ``dataset.context.execution_options`` to Ray Train's ``DataConfig``:
-    Train otherwise replaces them with the global context's.
+    the order its tasks happen to finish.
     """
-    if epochs_per_pass > 1 and epoch is not None:
-        raise ValueError("epochs_per_pass > 1 needs epoch=None: the consumer pairs each epoch")
     if tasks is not None and tasks < 1:
         raise ValueError(f"tasks must be at least 1, got {tasks}")
     counter = DropCounter.remote()
+
+    def encode(batch: dict) -> dict:  # Ray Data names the stage after the function
+        return encode_batch(batch, config, epoch)
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    tasks = tasks or cpus
+    result = {}
+    for split in splits:
+        ds = records_dataset(painting_records(data.split(split)), batch_size, cpus)
+        opts = stage_options(batch_size, tasks, num_cpus)
+        ds = ds.map_batches(encode, **opts)
+        result[split] = model_inputs(ds, config, counter, features, decode_threads, opts)
+    return Pipeline(result, counter)
+
+
+@dataclass(frozen=True)
+class TrainStream:
+    """A training split read pass after pass by the ``world`` workers of a run.
+
+    A pass is ``epochs_per_pass`` epochs (see :func:`epochs_per_pass`), each epoch in its own
+    random order that depends on ``seed`` and the epoch alone; the pass is cut into steps of
+    ``world`` x ``per_worker`` rows (the last, incomplete step left out), and worker ``rank``
+    reads its slice of each step. Rows carry their ``epoch`` (counted from the run's start).
+
+    Nothing in it depends on what was read before: a run resumed at batch ``b`` of pass
+    ``p`` reads ``shard(p, rank, start=b)``, the very rows a run without the interruption
+    would have read next, and decodes none of those before them.
+    """
+
+    records: ray.ObjectRef
+    """The split's painting records, an Arrow table in Ray's object store."""
+    rows: int
+    """Records in the split."""
+    epochs_per_pass: int
+    per_worker: int
+    """Rows each worker trains on a step."""
+    world: int
+    """Workers of the run."""
+    seed: int
+    example: ExampleConfig
+    counter: ray.actor.ActorHandle
+    """The :class:`DropCounter` of every worker's reads."""
+    features: str | None = None
+    """Feature cache folder to read instead of decoding images."""
+    tasks: int = 1
+    """Decode tasks each worker's dataset runs at once."""
+    decode_threads: int = DECODE_THREADS
+
+    @classmethod
+    def create(
+        cls, data: ArtemisData, example: ExampleConfig, *, per_worker: int, world: int = 1,
+        max_steps: int, tasks: int = 1, features: Path | str | None = None,
+        decode_threads: int = DECODE_THREADS,
+    ) -> TrainStream:  # fmt: skip
+        """The stream of ``data``'s training split for a run of ``max_steps`` steps; ``tasks``
+        is the run's share of decode tasks, split among its workers."""
+        table = pa.Table.from_pydict(painting_records(data.split("train")))
+        batch = per_worker * world
+        return cls(
+            records=ray.put(table), rows=table.num_rows,
+            epochs_per_pass=epochs_per_pass(table.num_rows, batch, max_steps),
+            per_worker=per_worker, world=world, seed=example.seed, example=example,
+            counter=DropCounter.remote(), features=None if features is None else str(features),
+            tasks=max(1, tasks // world), decode_threads=decode_threads,
+        )  # fmt: skip
+
+    @property
+    def steps_per_pass(self) -> int:
+        return self.rows * self.epochs_per_pass // (self.per_worker * self.world)
+
+    def order(self, stream_pass: int) -> tuple[np.ndarray, np.ndarray]:
+        """The records of a pass, in its order, and the epoch of each."""
+        first = stream_pass * self.epochs_per_pass
+        epochs = range(first, first + self.epochs_per_pass)
+        index = [np.random.default_rng([self.seed, e]).permutation(self.rows) for e in epochs]
+        return np.concatenate(index), np.repeat(np.asarray(epochs), self.rows)
+
+    def shard(self, stream_pass: int, rank: int, start: int = 0) -> ray.data.Dataset:
+        """Worker ``rank``'s rows of a pass from its batch ``start`` on, as a Ray Dataset of
+        model inputs (pairs not drawn yet: the consumer draws each row's for its ``epoch``).
+        Its tasks prefer the worker's node."""
+        if not 0 <= rank < self.world:
+            raise ValueError(f"rank {rank} is not one of {self.world} workers")
+        index, epochs = self.order(stream_pass)
+        steps = self.steps_per_pass
+        per_step = self.per_worker * self.world
+        mine = np.arange(steps * per_step).reshape(steps, self.world, self.per_worker)
+        mine = mine[start:, rank].ravel()
+        table = ray.get(self.records).take(index[mine])
+        table = table.append_column("epoch", pa.array(epochs[mine]))
+        ds = records_dataset(table, self.per_worker, self.tasks)
+        ds.context.execution_options.locality_with_output = True
+        opts = stage_options(self.per_worker, self.tasks, 0.0)
+        return model_inputs(
+            ds, self.example, self.counter, self.features, self.decode_threads, opts
+        )
+
+    def dropped(self) -> dict[str, int]:
+        """Paintings the workers' reads dropped so far, by reason."""
+        return ray.get(self.counter.get.remote())
+
+
+def stage_options(batch_size: int, tasks: int, num_cpus: float) -> dict:
+    """``map_batches`` options of a stage: ``tasks`` at once, each declaring ``num_cpus``."""
+    return {
+        "batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus,
+        "compute": ray.data.TaskPoolStrategy(size=tasks),
+    }  # fmt: skip
+
+
+def model_inputs(
+    ds: ray.data.Dataset,
+    config: ExampleConfig,
+    counter: ray.actor.ActorHandle,
+    features: Path | str | None,
+    decode_threads: int,
+    opts: dict,
+) -> ray.data.Dataset:
+    """``ds`` with each row's pixels (or, with ``features``, its cached image features),
+    delivered in record order; what cannot be read is dropped and told to ``counter``."""
 
     def decode(batch: dict) -> dict:  # Ray Data names the stage after the function
         out, dropped = decode_batch(batch, config, decode_threads)
@@ -146,40 +239,22 @@ def build_pipeline(
         report_drops(counter, dropped)
         return out
 
-    def encode(batch: dict) -> dict:
-        return encode_batch(batch, config, epoch)
-
-    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    result = {}
-    for split in splits:
-        records = painting_records(data.split(split))
-        if epochs_per_pass > 1:  # epoch is None: checked above
-            records = epoch_records(records, epochs_per_pass, config.seed)
-        ds = records_dataset(records, batch_size, cpus)
-        if epoch is None and epochs_per_pass == 1:
-            # the records, not the pixels; its tasks still cost about 5 s a read on 2 CPUs
-            # (bench/RESULTS.md), the price of chance-level batch mixing at ArtEmis's size
-            seed = RandomSeedConfig(seed=config.seed)
-            ds = ds.random_shuffle(seed=seed, num_cpus=SHUFFLE_CPUS)
-        opts = {
-            "batch_size": batch_size, "batch_format": "numpy", "num_cpus": num_cpus,
-            "compute": ray.data.TaskPoolStrategy(size=tasks or cpus),
-        }  # fmt: skip
-        if epoch is not None:
-            ds = ds.map_batches(encode, **opts)
-        result[split] = ds.map_batches(decode if features is None else lookup, **opts)
-        result[split].context.execution_options.preserve_order = True
-    return Pipeline(result, counter)
+    ds = ds.map_batches(decode if features is None else lookup, **opts)
+    # the same seed gives the same batches on a busy machine as on an idle one
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
-def records_dataset(records: dict[str, list], batch_size: int, tasks: int) -> ray.data.Dataset:
-    """Records (columns of equal length) as a Ray Dataset of :func:`block_count` Arrow blocks,
-    slices of one table in record order.
+def records_dataset(
+    records: dict[str, list] | pa.Table, batch_size: int, tasks: int
+) -> ray.data.Dataset:
+    """Records (columns of equal length, or an Arrow table) as a Ray Dataset of
+    :func:`block_count` Arrow blocks, slices of one table in record order.
 
     Made with ``from_blocks``, which reads each block's size and schema here: ``from_arrow``
     and ``from_huggingface`` ask a Ray task for them, which took 1 to 2 s in the fresh process
     of each sweep trial (bench/RESULTS.md)."""
-    table = pa.Table.from_pydict(records)
+    table = records if isinstance(records, pa.Table) else pa.Table.from_pydict(records)
     rows = table.num_rows
     size = max(1, math.ceil(rows / block_count(rows, batch_size, tasks)))
     starts = range(0, max(rows, 1), size)
@@ -217,8 +292,8 @@ def block_count(rows: int, batch_size: int, tasks: int) -> int:
     ones lose time between tasks, since Ray Data notices a finished task only at its next
     poll, up to 0.1 s later (``WAIT_FOR_TASK_COMPLETION_TIMEOUT_S`` in Ray Data 2.60).
 
-    ``tasks`` is the most a dataset runs at once, the cluster's CPUs (:func:`build_pipeline`
-    caps them there or lower: without a cap Ray starts more worker processes than it keeps
-    idle, and every epoch would pay their start again)."""
+    ``tasks`` is the most a dataset runs at once (:func:`build_pipeline` caps them there or
+    lower: without a cap Ray starts more worker processes than it keeps idle, and every epoch
+    would pay their start again)."""
     by_batches = math.ceil(rows / (16 * batch_size))
     return max(1, min(math.ceil(rows / batch_size), max(4 * tasks, by_batches)))

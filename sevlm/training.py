@@ -167,6 +167,16 @@ def from_rank_0(value: Any) -> Any:
     return box[0]
 
 
+def every_worker(flag: bool, group: dist.ProcessGroup | None = None) -> bool:
+    """Whether ``flag`` holds on every worker: a collective, so every worker calls it at the
+    same points. ``group``: a gloo group, so a CPU flag needs no GPU synchronisation."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
+    return bool(value.item())
+
+
 def micro_batches(batch: dict[str, torch.Tensor], parts: int) -> list[dict[str, torch.Tensor]]:
     """``batch`` split along its first dimension into ``parts`` batches, none empty."""
     size = len(next(iter(batch.values())))

@@ -30,7 +30,7 @@ from sevlm.examples import ExampleConfig
 from sevlm.feature_cache import FeatureCache
 from sevlm.feature_encoding import cache_features
 from sevlm.lexicon import VADLexicon, read_lexicon
-from sevlm.pipeline import build_pipeline, epochs_per_pass
+from sevlm.pipeline import TrainStream
 from sevlm.sample import cache_root
 from sevlm.text import UtterancePrep
 from sevlm.tokenizer import load_tokenizer
@@ -159,15 +159,6 @@ def data_tasks(scaling: Scaling, resources: dict[str, float] | None = None) -> i
     return max(1, math.floor(scaling.cpu_share(resources)))
 
 
-def train_data_config(train: ray.data.Dataset) -> ray.train.DataConfig:
-    """Ray Train's data config for the training split, keeping the dataset's own execution
-    options (rows in record order, :func:`sevlm.pipeline.build_pipeline`); without them
-    Train applies the global context's, where tasks deliver in the order they finish."""
-    return ray.train.DataConfig(
-        datasets_to_split=["train"], execution_options=train.context.execution_options
-    )
-
-
 def run_training(
     source: DataSource,
     model_cfg: ModelConfig,
@@ -229,6 +220,15 @@ def run_training(
     features = prepare_feature_cache(
         data, example, model_cfg, train_cfg, feature_cache or feature_cache_root(storage), printer
     )
+    stream = TrainStream.create(
+        data, example, per_worker=per_worker, world=config.num_workers,
+        max_steps=train_cfg.max_steps, tasks=data_tasks(scaling, resources), features=features,
+    )  # fmt: skip
+    if stream.steps_per_pass == 0:
+        raise ValueError(
+            f"the training split has {stream.rows} paintings with text, fewer than a step's "
+            f"{train_cfg.batch_size}: lower train.batch_size"
+        )
     data_info = {**source.describe(), "seed": data_seed, "text_prep": dataclasses.asdict(prep)}
     params = {
         "model": model_cfg.to_dict(),
@@ -245,11 +245,6 @@ def run_training(
     if uri.startswith(("sqlite:", "file:")) and len(ray.nodes()) > 1:
         printer(f"warning: {shown} is a store on this machine only; workers on other nodes "
                 "cannot log to it. Run `mlflow server` and pass --tracking-uri.")  # fmt: skip
-    per_pass = epochs_per_pass(len(data.split("train")), train_cfg.batch_size, train_cfg.max_steps)
-    pipeline = build_pipeline(
-        data, example, epoch=None, splits=("train",), features=features,
-        epochs_per_pass=per_pass, tasks=data_tasks(scaling, resources),
-    )  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k.startswith(("SEVLM_", "MLFLOW_", "HF_"))}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -262,7 +257,7 @@ def run_training(
             "run_id": run_id,
             "threads": threads,
             "feature_cache": feature_cache_spec(features),
-            "epochs_per_pass": per_pass,
+            "stream": stream,
             "rung_gate": rung_gate,
         },
         scaling_config=config,
@@ -278,8 +273,6 @@ def run_training(
             worker_runtime_env={"env_vars": env} if env else None,
             callbacks=callbacks,
         ),
-        datasets={"train": pipeline.datasets["train"]},
-        dataset_config=train_data_config(pipeline.datasets["train"]),
     )
     try:
         with train_env(one_node=len(ray.nodes()) == 1):
@@ -287,7 +280,7 @@ def run_training(
         outcome = TrainOutcome(
             name,
             run_id,
-            *_finish(result, pipeline, model_cfg, train_cfg, data_info, output, uri, run_id),
+            *_finish(result, stream, model_cfg, train_cfg, data_info, output, uri, run_id),
         )
     except BaseException as e:  # Ctrl-C too: the MLflow run must not stay RUNNING
         mark_failed(uri, run_id, e)
@@ -363,7 +356,7 @@ def mark_failed(uri: str, run_id: str, error: BaseException | str) -> None:
         print(f"warning: could not mark MLflow run {run_id} failed: {redact_in(str(e), uri)}")
 
 
-def _finish(result, pipeline, model_cfg, train_cfg, data_info, output, uri, run_id) -> tuple:
+def _finish(result, stream, model_cfg, train_cfg, data_info, output, uri, run_id) -> tuple:
     """Export the best checkpoint, log it, close the run: ``(model_dir, model_uri, metrics)``."""
     best = result.get_best_checkpoint(train_cfg.select_metric, train_cfg.select_mode)
     best_metrics = next(
@@ -382,7 +375,7 @@ def _finish(result, pipeline, model_cfg, train_cfg, data_info, output, uri, run_
     logger = MetricLogger(uri, run_id)
     best = {f"best/{k}": v for k, v in metrics.items() if k.startswith("val/") or k == "step"}
     logger.log(best, int(metrics.get("step", 0)))  # the exported checkpoint's figures
-    dropped = {f"pipeline/{reason}": n for reason, n in pipeline.dropped().items()}
+    dropped = {f"pipeline/{reason}": n for reason, n in stream.dropped().items()}
     logger.log(dropped, int((result.metrics or {}).get("step", 0)))
     client.set_terminated(run_id, status="FINISHED")
     return model_dir, model_uri, metrics

@@ -1,8 +1,8 @@
 """The Ray Train loop: what every worker of a training run (and of every search trial) runs.
 
-Each worker reads its shard of the training images, a pass of several epochs at a time
-(``epochs_per_pass``, see :func:`sevlm.pipeline.epochs_per_pass`), draws each row's
-annotation pair for its epoch, and steps the model with :class:`sevlm.training.Stepper`.
+Each worker reads its share of the training images a pass at a time (a pass of one or more
+epochs, see :class:`sevlm.pipeline.TrainStream`), draws each row's annotation pair for its
+epoch, and steps the model with :class:`sevlm.training.Stepper`.
 At each validation the workers evaluate disjoint slices of the validation images, gather
 them, and rank 0 writes a checkpoint (model, optimizer, scheduler, scaler, step, data
 position, RNG states) that Ray persists and reports with the metrics. A restarted worker
@@ -12,11 +12,13 @@ group resumes from it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,18 +31,20 @@ import torch
 import torch.distributed as dist
 
 from sevlm.config import ModelConfig, TrainConfig
-from sevlm.examples import ExampleConfig, encode_batch, pass_epochs
+from sevlm.examples import ExampleConfig, encode_batch
 from sevlm.feature_cache import FeatureCache, key_digest
 from sevlm.frozen_encoder import cache_key, encoder_name
 from sevlm.generate import Decoder
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.model import SEVLM
+from sevlm.pipeline import TrainStream
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import MetricLogger
 from sevlm.training import (
     Stepper,
     eval_shard,
     evaluate_shard,
+    every_worker,
     from_rank_0,
     mean_over_workers,
     reduce_eval,
@@ -68,8 +72,9 @@ class TrainState:
     epoch: int = 0
     """The epoch of the last row trained on."""
     stream_pass: int = 0
-    """Passes over the training dataset finished: each streams ``epochs_per_pass`` epochs."""
+    """Passes over the training split finished (see :class:`sevlm.pipeline.TrainStream`)."""
     batch_in_pass: int = 0
+    """Batches of the current pass trained: a resumed run reads the pass from the next."""
     best: float | None = None
     stale: int = 0
     stopped: bool = False
@@ -126,8 +131,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
     fault = FaultHook(rank)
     trace = _trace_file(rank)
-    per_worker = train_cfg.batch_size // world
-    shard = ray.train.get_dataset_shard("train")
+    stream: TrainStream = config["stream"]
+    per_worker = stream.per_worker
+    flags = dist.new_group(backend="gloo") if world > 1 else None  # see _pass_batches
     gate = config.get("rung_gate")
     passed = from_rank_0(gate.passed()) if gate else 0
 
@@ -167,28 +173,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             _hold_at_rung(gate, passed, state.step, rank, metrics)
             passed += 1
 
-    per_pass = config.get("epochs_per_pass", 1)
     since, images_since = time.perf_counter(), 0
     while state.step < train_cfg.max_steps and not state.stopped:
-        seen = 0
-        for batch in shard.iter_batches(
-            batch_size=per_worker,
-            batch_format="numpy",
-            drop_last=True,
-            local_shuffle_buffer_size=4 * per_worker,
-            local_shuffle_seed=train_cfg.seed + state.stream_pass,
-        ):
-            seen += 1
-            if seen <= state.batch_in_pass:
-                continue  # resumed inside this pass: these batches were trained already
+        start = state.batch_in_pass
+        for batch in _pass_batches(stream, state.stream_pass, rank, start, flags):
             fault.check(state.step + 1)
-            epochs = pass_epochs(batch, state.stream_pass, per_pass)
+            epochs = batch["epoch"]
             state.epoch = int(np.max(epochs))
             tensors = to_device(encode_batch(batch, example, epochs), device)
             if trace is not None:
                 with open(trace, "a") as f:
-                    row_epochs = np.broadcast_to(epochs, len(batch["key"]))
-                    rows = zip(row_epochs, batch["key"], strict=True)
+                    rows = zip(epochs, batch["key"], strict=True)
                     f.write("\t".join(f"{e}:{k}" for e, k in rows) + "\n")
             metrics = stepper.step(tensors)
             state.step += 1
@@ -208,16 +203,43 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if state.step >= train_cfg.max_steps or state.stopped:
                 break
         else:
-            if seen == 0:
-                raise RuntimeError(
-                    f"worker {rank} got no batch of {per_worker} images: the training split "
-                    "is smaller than the batch; lower train.batch_size"
-                )
-            state.stream_pass += 1
-            state.batch_in_pass = 0
+            _end_pass(stream, state, rank)
     if logger is not None and logger.dropped:
         _say(f"warning: {logger.dropped} metrics were not logged to MLflow ({logger.failures} "
              "calls failed; logging paused after each): the run's curves have gaps")  # fmt: skip
+
+
+def _pass_batches(
+    stream: TrainStream, stream_pass: int, rank: int, start: int, flags: dist.ProcessGroup | None
+) -> Iterator[dict]:
+    """This worker's batches of a pass from batch ``start`` on, while every worker has one.
+
+    The workers' shares of a pass are equal; one runs short only where images failed to read
+    since the driver checked them (dropped, counted in ``pipeline/*``). The others then end
+    the pass with it rather than step alone into collectives it never joins. The flag goes
+    through a gloo group (``flags``): a CPU all-reduce, no GPU synchronisation per step."""
+    batches = stream.shard(stream_pass, rank, start).iter_batches(
+        batch_size=stream.per_worker, batch_format="numpy", drop_last=True
+    )
+    for batch in itertools.chain(batches, [None]):
+        if not every_worker(batch is not None, flags):
+            return
+        yield batch
+
+
+def _end_pass(stream: TrainStream, state: TrainState, rank: int) -> None:
+    """Count a pass as read; one that gave fewer batches than it holds lost images."""
+    if state.batch_in_pass == 0:
+        raise RuntimeError(
+            f"pass {state.stream_pass} of the training split gave no batch: its images failed "
+            "to read (dropped; the run's pipeline/* metrics count them by reason)"
+        )
+    short = stream.steps_per_pass - state.batch_in_pass
+    if short > 0 and rank == 0:
+        _say(f"warning: pass {state.stream_pass} ended {short} steps early: images failed to "
+             "read since the data check (pipeline/* counts them)")  # fmt: skip
+    state.stream_pass += 1
+    state.batch_in_pass = 0
 
 
 def open_feature_cache(

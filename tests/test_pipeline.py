@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import shutil
 import subprocess
 import sys
@@ -112,86 +111,72 @@ def test_epochs_per_pass_covers_the_run_up_to_a_pass_size() -> None:
     assert epochs_per_pass(0, 16, 10) == 1
 
 
-def test_epoch_records_repeat_each_record_once_per_epoch_in_a_seeded_order() -> None:
-    from sevlm.examples import epoch_records
+def _stream(data, config, **kw):
+    from sevlm.pipeline import TrainStream
 
-    records = {"key": [f"k{i}" for i in range(50)], "image": [f"i{i}" for i in range(50)]}
-    stream = epoch_records(records, 3, seed=7)
-    assert stream["epoch"] == [0] * 50 + [1] * 50 + [2] * 50
-    for e in range(3):
-        keys = stream["key"][50 * e : 50 * (e + 1)]
-        assert sorted(keys) == sorted(records["key"])
-        assert keys != records["key"]  # shuffled
-    assert stream["key"][:50] != stream["key"][50:100]  # each epoch its own order
-    pairs = {(k, i) for k, i in zip(stream["key"], stream["image"], strict=True)}
-    assert pairs == set(zip(records["key"], records["image"], strict=True))  # rows kept whole
-    assert epoch_records(records, 3, seed=7) == stream  # seeded
-    assert epoch_records(records, 3, seed=8)["key"] != stream["key"]
+    return TrainStream.create(data, config, **{"per_worker": 8, "max_steps": 60, **kw})
 
 
-def test_pass_epochs_count_the_passes_before() -> None:
-    from sevlm.examples import pass_epochs
+def test_a_pass_is_epochs_each_in_its_own_seeded_order(ray_local, sample) -> None:
+    data = load_artemis(DataSource.resolve(data=str(sample.out)))
+    config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
+    stream = _stream(data, config)  # 60 steps of 8 from 210 paintings: 3 epochs, one pass
+    assert (stream.rows, stream.epochs_per_pass, stream.steps_per_pass) == (210, 3, 78)
+    index, epochs = stream.order(0)
+    assert list(epochs) == [0] * 210 + [1] * 210 + [2] * 210
+    orders = [list(index[210 * e : 210 * (e + 1)]) for e in range(3)]
+    orders.append(list(stream.order(1)[0][:210]))  # the next pass: epoch 3
+    assert list(stream.order(1)[1][:1]) == [3]
+    for order in orders:
+        assert sorted(order) == list(range(210)) and order != sorted(order)
+    assert len({tuple(order) for order in orders}) == 4  # every epoch its own order
+    assert list(_stream(data, config).order(0)[0]) == list(index)  # seeded: the same again
+    other = _stream(data, ExampleConfig(image_size=32, lexicon=str(sample.lexicon), seed=1))
+    assert list(other.order(0)[0]) != list(index)
 
-    assert list(pass_epochs({"epoch": np.array([0, 2, 2])}, 1, 3)) == [3, 5, 5]
-    assert pass_epochs({"key": np.array(["a"])}, 4, 1) == 4  # one epoch a pass: no column
 
-
-def test_a_pass_streams_several_epochs_in_one_read(ray_local, sample) -> None:
-    from sevlm.examples import encode_batch
-    from sevlm.pipeline import build_pipeline
+def test_workers_read_disjoint_equal_shares_in_order_from_any_batch(ray_local, sample) -> None:
+    from sevlm.examples import painting_records
 
     data = load_artemis(DataSource.resolve(data=str(sample.out)))
     config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
-    pipeline = build_pipeline(data, config, epoch=None, splits=("val",), epochs_per_pass=3)
-    rows = pipeline.datasets["val"].take_all()
-    keys = {p.key for p in data.split("val")}
-    assert len(rows) == 3 * len(keys)
-    for e in range(3):
-        assert sorted(str(r["key"]) for r in rows if r["epoch"] == e) == sorted(keys)
-    # per-row epochs pair each row as its own epoch would
-    batch = {k: [r[k] for r in rows[:6]] for k in ("key", "annotations")}
-    mixed = encode_batch(batch, config, [0, 1, 2, 0, 1, 2])
-    for i, e in enumerate([0, 1, 2, 0, 1, 2]):
+    stream = _stream(data, config, per_worker=4, world=2)
+    keys = np.array(painting_records(data.split("train"))["key"])
+    index, epochs = stream.order(1)
+    shares = []
+    for rank in (0, 1):
+        dataset = stream.shard(1, rank)
+        assert dataset.context.execution_options.preserve_order
+        assert dataset.materialize().num_blocks() > 2  # several tasks, finishing in any order
+        rows = list(dataset.iter_rows())
+        assert len(rows) == 78 * 4
+        steps = np.arange(78 * 8).reshape(78, 2, 4)[:, rank].ravel()  # its half of each step
+        assert [str(r["key"]) for r in rows] == list(keys[index[steps]])
+        assert [int(r["epoch"]) for r in rows] == list(epochs[steps])  # epochs 3 to 5
+        shares.append(rows)
+        later = [str(r["key"]) for r in stream.shard(1, rank, start=70).iter_rows()]
+        assert later == [str(r["key"]) for r in rows[70 * 4 :]]  # a resumed read: the rest
+    for epoch in (3, 4, 5):
+        halves = [{str(r["key"]) for r in rows if r["epoch"] == epoch} for rows in shares]
+        assert not halves[0] & halves[1]
+    assert shares[0][0]["pixel_values"].shape == (3, 32, 32)
+    assert stream.dropped() == {}
+    with pytest.raises(ValueError, match="rank 2 is not one of 2 workers"):
+        stream.shard(0, 2)
+
+
+def test_rows_of_a_pass_pair_as_their_own_epoch(ray_local, sample) -> None:
+    from sevlm.examples import encode_batch
+
+    data = load_artemis(DataSource.resolve(data=str(sample.out)))
+    config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
+    rows = _stream(data, config).shard(0, 0).take(6)
+    batch = {k: [r[k] for r in rows] for k in ("key", "annotations")}
+    epochs = [0, 1, 2, 0, 1, 2]
+    mixed = encode_batch(batch, config, epochs)
+    for i, e in enumerate(epochs):
         one = encode_batch({k: v[i : i + 1] for k, v in batch.items()}, config, e)
         np.testing.assert_array_equal(mixed["input_ids"][i], one["input_ids"][0])
-
-
-def test_rows_arrive_in_the_order_of_their_records(ray_local, sample) -> None:
-    from sevlm.examples import epoch_records, painting_records
-    from sevlm.pipeline import build_pipeline
-
-    data = load_artemis(DataSource.resolve(data=str(sample.out)))
-    config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
-    pipeline = build_pipeline(
-        data, config, epoch=None, splits=("train",), batch_size=8, epochs_per_pass=3
-    )
-    train = pipeline.datasets["train"]
-    assert train.context.execution_options.preserve_order
-    assert train.materialize().num_blocks() > 2  # several tasks, which may finish in any order
-    expected = epoch_records(painting_records(data.split("train")), 3, config.seed)
-    for _ in range(2):  # every read
-        rows = list(train.iter_rows())
-        assert [str(r["key"]) for r in rows] == expected["key"]
-        assert [int(r["epoch"]) for r in rows] == expected["epoch"]
-
-
-def test_a_one_epoch_pass_is_shuffled_anew_for_every_read(ray_local, sample) -> None:
-    from sevlm.pipeline import build_pipeline
-
-    data = load_artemis(DataSource.resolve(data=str(sample.out)))
-    config = ExampleConfig(image_size=32, lexicon=str(sample.lexicon))
-    pipeline = build_pipeline(data, config, epoch=None, splits=("train",), epochs_per_pass=1)
-    keys = sorted(p.key for p in data.split("train"))
-    first = [str(r["key"]) for r in pipeline.datasets["train"].take_all()]
-    second = [str(r["key"]) for r in pipeline.datasets["train"].take_all()]
-    assert sorted(first) == sorted(second) == keys  # every painting once a read
-    # Row-level orders, not just blocks arriving in another order: in the records' sorted
-    # (style/painting) order nearly every neighbour follows in key order, and two reads of
-    # unshuffled blocks share nearly all their neighbours.
-    for read in (first, second):
-        assert sum(a < b for a, b in itertools.pairwise(read)) < 0.75 * (len(read) - 1)
-    shared = set(itertools.pairwise(first)) & set(itertools.pairwise(second))
-    assert len(shared) < 0.25 * (len(first) - 1)  # each read (epoch) its own order
 
 
 def test_stages_run_where_ray_train_leaves_ray_data_no_whole_cpu(ray_local, sample) -> None:
@@ -203,8 +188,6 @@ def test_stages_run_where_ray_train_leaves_ray_data_no_whole_cpu(ray_local, samp
 
     from ray.data._internal.cluster_autoscaler import get_or_create_autoscaling_coordinator
     from ray.data._internal.execution import resource_manager
-
-    from sevlm.pipeline import build_pipeline
 
     warnings: list[str] = []
     handler = logging.Handler(logging.WARNING)
@@ -221,13 +204,13 @@ def test_stages_run_where_ray_train_leaves_ray_data_no_whole_cpu(ray_local, samp
     logger.addHandler(handler)
     try:
         data = load_artemis(DataSource.resolve(data=str(sample.out)))
-        pipeline = build_pipeline(data, CONFIG, epoch=None, splits=("val",), epochs_per_pass=4)
-        rows = pipeline.datasets["val"].take_all()
+        stream = _stream(data, CONFIG, max_steps=100)  # 800 rows: 4 epochs a pass
+        rows = stream.shard(0, 0).take_all()
     finally:
         logger.removeHandler(handler)
         resource_manager.STARVATION_WARNING_DELAY_S = delay
         ray_local.get(coordinator.cancel_request.remote(requester_id="test-train"))
-    assert len(rows) == 4 * len(data.split("val"))
+    assert len(rows) == 8 * stream.steps_per_pass == 840
     assert not [w for w in warnings if "not enough to run" in w], warnings
 
 

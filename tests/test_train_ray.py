@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,14 @@ import torch
 from sevlm.artemis import ArtemisData, DataSource, load_artemis
 from sevlm.config import load_configs
 from sevlm.emotions import EMOTIONS
-from sevlm.examples import ExampleConfig
+from sevlm.examples import ExampleConfig, painting_records
 from sevlm.generate import Decoder
 from sevlm.tracking import client_for
 from sevlm.training import eval_shard, evaluate_shard, reduce_eval
 from sevlm.weights import load_pretrained
 
 ray = pytest.importorskip("ray")
+from sevlm.pipeline import TrainStream  # noqa: E402
 from sevlm_train.driver import Scaling, run_training  # noqa: E402
 from sevlm_train.loop import FAIL_AT_STEP, FAIL_MARKER, TRACE_DIR  # noqa: E402
 
@@ -65,19 +67,33 @@ def trained_batches(trace: Path) -> list[list[tuple[int, str]]]:
     return [[(int(e), k) for e, k in (t.split(":", 1) for t in ln.split("\t"))] for ln in lines]
 
 
-def test_two_workers_disjoint_shards_and_exact_validation(ray_local, data, tmp_path, monkeypatch):
+def test_two_workers_disjoint_shards_and_exact_validation(sample, ray_local, tmp_path, monkeypatch):
+    """Also: an image that stopped decoding after the data check, in worker 0's share of the
+    first pass (6 steps of 32 from 210 paintings), leaves it 5 batches: both workers end the
+    pass there, in step, and the run counts the image in its pipeline/* metrics."""
     monkeypatch.setenv(TRACE_DIR, str(tmp_path / "trace"))
     (tmp_path / "trace").mkdir()
-    outcome = train(tmp_path, data, "two", workers=2)
+    shutil.copytree(sample.out, tmp_path / "sample")
+    source = DataSource.resolve(data=str(tmp_path / "sample"))
+    loaded = load_artemis(source)  # checked before the image broke
+    records = painting_records(loaded.split("train"))
+    example = ExampleConfig(image_size=64, lexicon=str(source.lexicon))
+    first = TrainStream.create(loaded, example, per_worker=16, world=2, max_steps=6).order(0)[0][0]
+    Path(records["image"][first]).write_bytes(b"broken after the data check")
+    outcome = train(tmp_path, (source, loaded), "two", workers=2, batch_size=32)
     rank0 = trained_batches(tmp_path / "trace" / "rank0.tsv")
     rank1 = trained_batches(tmp_path / "trace" / "rank1.tsv")
-    assert len(rank0) == len(rank1) == 6  # each worker stepped 6 times, 2 images a step
+    assert len(rank0) == len(rank1) == 6  # each worker stepped 6 times, 16 images a step
+    for batches in (rank0, rank1):
+        assert [{e for e, _ in batch} for batch in batches] == [{0}] * 5 + [{1}]
     rows0 = [row for batch in rank0 for row in batch]
     rows1 = [row for batch in rank1 for row in batch]
-    for epoch in {e for e, _ in rows0}:
+    for epoch in (0, 1):
         keys0 = {k for e, k in rows0 if e == epoch}
         keys1 = {k for e, k in rows1 if e == epoch}
         assert keys0 and keys1 and not keys0 & keys1
+    history = client_for(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history
+    assert [m.value for m in history(outcome.run_id, "pipeline/unreadable_image")] == [1.0]
     checkpoints = sorted(
         p for p in (tmp_path / "storage" / "two").glob("checkpoint_*") if p.is_dir()
     )
@@ -87,7 +103,6 @@ def test_two_workers_disjoint_shards_and_exact_validation(ray_local, data, tmp_p
     assert metric_steps(tmp_path, outcome.run_id, "val/bleu4") == [2, 4, 6]
 
     # the reported figures are those of a one-process evaluation of the same model
-    source, loaded = data
     model = load_pretrained(outcome.model_dir)
     val = loaded.split("val")
     example = ExampleConfig(image_size=64, lexicon=str(source.lexicon))
@@ -159,25 +174,35 @@ def test_early_stop_after_validations_without_improvement(ray_local, data, tmp_p
 
 
 def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monkeypatch):
-    monkeypatch.setenv(FAIL_AT_STEP, "3")
+    """A pass of one epoch (as on ArtEmis): 210 training paintings make 6 steps of 32. The
+    run stops in the second pass, at step 9, and resumes from its step-8 checkpoint (pass 1,
+    batch 2): it must read the second epoch's order from its third batch on."""
+    monkeypatch.setattr("sevlm.pipeline.PASS_ROWS", 1)
+    steps = {"batch_size": 32, "max_steps": 10}
+    monkeypatch.setenv(FAIL_AT_STEP, "9")
     monkeypatch.setenv(FAIL_MARKER, str(tmp_path / "fault-marker"))
     monkeypatch.setenv(TRACE_DIR, str(tmp_path / "trace"))
     (tmp_path / "trace").mkdir()
     with pytest.raises(Exception, match="injected fault"):
-        train(tmp_path, data, "resume", failures=0)  # no restarts allowed: the run stops
+        train(tmp_path, data, "resume", failures=0, **steps)  # no restarts allowed: it stops
     trace = tmp_path / "trace" / "rank0.tsv"
-    assert len(trained_batches(trace)) == 2  # steps 1-2 trained, 3 failed before stepping
-    outcome = train(tmp_path, data, "resume", failures=0)  # the same command, again
-    assert len(trained_batches(trace)) == 6  # resumed at step 3, not from scratch
+    assert len(trained_batches(trace)) == 8  # steps 1-8 trained, 9 failed before stepping
+    outcome = train(tmp_path, data, "resume", failures=0, **steps)  # the same command, again
+    assert len(trained_batches(trace)) == 10  # resumed at step 9, not from scratch
     # the very batches, in the same order, that a run without the failure trains
     monkeypatch.delenv(FAIL_AT_STEP)
     monkeypatch.setenv(TRACE_DIR, str(tmp_path / "straight"))
     (tmp_path / "straight").mkdir()
-    train(tmp_path, data, "straight", failures=0)
-    assert trained_batches(trace) == trained_batches(tmp_path / "straight" / "rank0.tsv")
-    assert metric_steps(tmp_path, outcome.run_id, "train/loss") == [1, 2, 3, 4, 5, 6]
-    again = train(tmp_path, data, "resume", failures=0)  # a finished run: nothing to redo
-    assert len(trained_batches(trace)) == 6
+    train(tmp_path, data, "straight", failures=0, **steps)
+    batches = trained_batches(trace)
+    assert batches == trained_batches(tmp_path / "straight" / "rank0.tsv")
+    epochs = [{e for e, _ in batch} for batch in batches]
+    assert epochs == [{0}] * 6 + [{1}] * 4  # an epoch a pass
+    first, second = ([k for batch in batches[6 * e : 6 * e + 4] for _, k in batch] for e in (0, 1))
+    assert len(set(first)) == len(set(second)) == 128 and first != second  # each its own order
+    assert metric_steps(tmp_path, outcome.run_id, "train/loss") == list(range(1, 11))
+    again = train(tmp_path, data, "resume", failures=0, **steps)  # a finished run: nothing to redo
+    assert len(trained_batches(trace)) == 10
     assert again.run_id == outcome.run_id
     best = metric_steps(tmp_path, outcome.run_id, "best/val/lm_loss")
     assert best == [outcome.metrics["step"]]  # logged once, at the best checkpoint's step
