@@ -200,6 +200,7 @@ class TrainStream:
         table = table.append_column("epoch", pa.array(epochs[mine]))
         ds = records_dataset(table, self.per_worker, self.tasks)
         ds.context.execution_options.locality_with_output = True
+        ds.context.print_on_execution_start = False  # two log lines per worker and pass
         opts = stage_options(self.per_worker, self.tasks, 0.0)
         return model_inputs(
             ds, self.example, self.counter, self.features, self.decode_threads, opts
