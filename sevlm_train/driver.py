@@ -280,7 +280,7 @@ def run_training(
         outcome = TrainOutcome(
             name,
             run_id,
-            *_finish(result, stream, model_cfg, train_cfg, data_info, output, uri, run_id),
+            *_finish(result, stream, model_cfg, train_cfg, data_info, output, uri, run_id, printer),
         )
     except BaseException as e:  # Ctrl-C too: the MLflow run must not stay RUNNING
         mark_failed(uri, run_id, e)
@@ -356,7 +356,7 @@ def mark_failed(uri: str, run_id: str, error: BaseException | str) -> None:
         print(f"warning: could not mark MLflow run {run_id} failed: {redact_in(str(e), uri)}")
 
 
-def _finish(result, stream, model_cfg, train_cfg, data_info, output, uri, run_id) -> tuple:
+def _finish(result, stream, model_cfg, train_cfg, data_info, output, uri, run_id, printer) -> tuple:
     """Export the best checkpoint, log it, close the run: ``(model_dir, model_uri, metrics)``."""
     best = result.get_best_checkpoint(train_cfg.select_metric, train_cfg.select_mode)
     best_metrics = next(
@@ -377,6 +377,9 @@ def _finish(result, stream, model_cfg, train_cfg, data_info, output, uri, run_id
     logger.log(best, int(metrics.get("step", 0)))  # the exported checkpoint's figures
     dropped = {f"pipeline/{reason}": n for reason, n in stream.dropped().items()}
     logger.log(dropped, int((result.metrics or {}).get("step", 0)))
+    if logger.dropped:
+        printer(f"warning: MLflow did not take {logger.dropped} best/* or pipeline/* metrics; "
+                f"the exported model holds its figures ({output / 'model'})")  # fmt: skip
     client.set_terminated(run_id, status="FINISHED")
     return model_dir, model_uri, metrics
 

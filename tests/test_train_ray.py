@@ -18,7 +18,7 @@ from sevlm.config import load_configs
 from sevlm.emotions import EMOTIONS
 from sevlm.examples import ExampleConfig, painting_records
 from sevlm.generate import Decoder
-from sevlm.tracking import client_for
+from sevlm.tracking import MetricLogger, client_for
 from sevlm.training import eval_shard, evaluate_shard, reduce_eval
 from sevlm.weights import load_pretrained
 
@@ -39,7 +39,9 @@ def data(sample):
     return source, load_artemis(source)
 
 
-def train(tmp_path: Path, data, name: str, workers: int = 1, failures: int = 1, **overrides):
+def train(
+    tmp_path: Path, data, name: str, workers: int = 1, failures: int = 1, printer=None, **overrides
+):
     source, loaded = data
     model_cfg, train_cfg = load_configs("tiny", None, {**SMALL, **overrides})
     return run_training(
@@ -52,7 +54,7 @@ def train(tmp_path: Path, data, name: str, workers: int = 1, failures: int = 1, 
         storage=str(tmp_path / "storage"),
         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
         data=loaded,
-        printer=lambda _: None,
+        printer=printer or (lambda _: None),
     )
 
 
@@ -156,7 +158,8 @@ def test_a_killed_worker_resumes_without_gaps_or_duplicates(ray_local, data, tmp
 
 def test_early_stop_after_validations_without_improvement(ray_local, data, tmp_path, monkeypatch):
     """Also: the workers validate on the driver's validation paintings (here three of them),
-    not on a split of their own reading of the files."""
+    not on a split of their own reading of the files; and best/* metrics that MLflow does not
+    take at the end are reported, not lost in silence."""
     monkeypatch.setenv(TRACE_DIR, str(tmp_path / "trace"))
     (tmp_path / "trace").mkdir()
     source, loaded = data
@@ -166,7 +169,17 @@ def test_early_stop_after_validations_without_improvement(ray_local, data, tmp_p
     # learning rates too small to move a weight: the validation loss never changes, so the
     # second validation (step 4) is the first not to improve
     tiny_lr = {"lr": 1e-30, "lr_vad": 1e-30}
-    outcome = train(tmp_path, (source, kept), "early", early_stop=1, **tiny_lr)
+
+    class Unanswered(MetricLogger):  # the driver's logger (the workers' are their own)
+        def log(self, metrics, step):
+            self.dropped += len(metrics)
+
+    monkeypatch.setattr("sevlm_train.driver.MetricLogger", Unanswered)
+    lines: list[str] = []
+    outcome = train(
+        tmp_path, (source, kept), "early", early_stop=1, printer=lines.append, **tiny_lr
+    )
+    assert any("MLflow did not take" in line for line in lines)  # best/*: not a silent loss
     assert len(trained_batches(tmp_path / "trace" / "rank0.tsv")) == 4
     assert metric_steps(tmp_path, outcome.run_id, "val/lm_loss") == [2, 4]
     history = client_for(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history
