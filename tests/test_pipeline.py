@@ -156,6 +156,7 @@ def test_workers_read_disjoint_equal_shares_in_order_from_any_batch(ray_local, s
         shares.append(rows)
         later = [str(r["key"]) for r in stream.shard(1, rank, start=70).iter_rows()]
         assert later == [str(r["key"]) for r in rows[70 * 4 :]]  # a resumed read: the rest
+        assert list(stream.shard(1, rank, start=78).iter_batches()) == []  # resumed at the end
     for epoch in (3, 4, 5):
         halves = [{str(r["key"]) for r in rows if r["epoch"] == epoch} for rows in shares]
         assert not halves[0] & halves[1]
