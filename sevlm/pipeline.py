@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sevlm.artemis import SPLITS, ArtemisData
 from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
@@ -134,7 +135,8 @@ class TrainStream:
 
     Nothing in it depends on what was read before: a run resumed at batch ``b`` of pass
     ``p`` reads ``shard(p, rank, start=b)``, the very rows a run without the interruption
-    would have read next, and decodes none of those before them.
+    would have read next (while every image reads, see :meth:`shard`), and decodes none of
+    those before them.
     """
 
     records: ray.ObjectRef
@@ -188,7 +190,12 @@ class TrainStream:
     def shard(self, stream_pass: int, rank: int, start: int = 0) -> ray.data.Dataset:
         """Worker ``rank``'s rows of a pass from its batch ``start`` on, as a Ray Dataset of
         model inputs (pairs not drawn yet: the consumer draws each row's for its ``epoch``).
-        Its tasks prefer the worker's node."""
+        Its tasks prefer the node that calls this (the worker's).
+
+        Batches are cut from the rows that decode: an image that fails drops its row, and
+        the worker's later batches of the pass shift by one. A run resumed after such a drop
+        reads from the start of batch ``start`` as laid out before any drop, so it may train
+        a row twice; exact resumption holds while every image reads."""
         if not 0 <= rank < self.world:
             raise ValueError(f"rank {rank} is not one of {self.world} workers")
         index, epochs = self.order(stream_pass)
@@ -199,9 +206,10 @@ class TrainStream:
         table = ray.get(self.records).take(index[mine])
         table = table.append_column("epoch", pa.array(epochs[mine]))
         ds = records_dataset(table, self.per_worker, self.tasks)
-        ds.context.execution_options.locality_with_output = True
         ds.context.print_on_execution_start = False  # two log lines per worker and pass
-        opts = stage_options(self.per_worker, self.tasks, 0.0)
+        # Ray Data 2.60 ignores execution_options.locality_with_output (a no-op); this does it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        opts = {**stage_options(self.per_worker, self.tasks, 0.0), "scheduling_strategy": here}
         return model_inputs(
             ds, self.example, self.counter, self.features, self.decode_threads, opts
         )

@@ -224,7 +224,7 @@ def run_training(
         data, example, per_worker=per_worker, world=config.num_workers,
         max_steps=train_cfg.max_steps, tasks=data_tasks(scaling, resources), features=features,
     )  # fmt: skip
-    if stream.steps_per_pass == 0:
+    if stream.rows < train_cfg.batch_size:  # a step would hold a painting twice
         raise ValueError(
             f"the training split has {stream.rows} paintings with text, fewer than a step's "
             f"{train_cfg.batch_size}: lower train.batch_size"

@@ -236,3 +236,11 @@ def test_one_node_runs_get_the_quick_train_settings_only_while_they_start(monkey
     with pytest.raises(RuntimeError), train_env(one_node=True):
         raise RuntimeError("a failed fit")
     assert watcher not in os.environ
+
+
+def test_a_split_smaller_than_a_step_fails_before_the_run_opens(ray_local, data, tmp_path):
+    with pytest.raises(ValueError, match="210 paintings with text, fewer than a step's 256"):
+        train(tmp_path, data, "big", batch_size=256)
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("sevlm")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
