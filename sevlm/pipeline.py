@@ -7,7 +7,8 @@ to decode are dropped and counted by a zero-CPU actor.
 
 Training reads a :class:`TrainStream`: each worker of a run builds the dataset of its own
 share of each pass (:meth:`TrainStream.shard`), whose order is a function of the seed and the
-pass alone, so a run resumed anywhere reads exactly the rows it had left.
+epoch alone, so a run resumed anywhere reads exactly the rows it had left (while every image
+reads, see :meth:`TrainStream.shard`).
 
 With a frozen encoder, :func:`sevlm.feature_encoding.cache_features` runs it once over the
 images into a :mod:`sevlm.feature_cache`, and the datasets read features from it (``features``)
@@ -114,11 +115,10 @@ def build_pipeline(
         return encode_batch(batch, config, epoch)
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    tasks = tasks or cpus
+    opts = stage_options(batch_size, tasks or cpus, num_cpus)
     result = {}
     for split in splits:
         ds = records_dataset(painting_records(data.split(split)), batch_size, cpus)
-        opts = stage_options(batch_size, tasks, num_cpus)
         ds = ds.map_batches(encode, **opts)
         result[split] = model_inputs(ds, config, counter, features, decode_threads, opts)
     return Pipeline(result, counter)
@@ -129,9 +129,10 @@ class TrainStream:
     """A training split read pass after pass by the ``world`` workers of a run.
 
     A pass is ``epochs_per_pass`` epochs (see :func:`epochs_per_pass`), each epoch in its own
-    random order that depends on ``seed`` and the epoch alone; the pass is cut into steps of
-    ``world`` x ``per_worker`` rows (the last, incomplete step left out), and worker ``rank``
-    reads its slice of each step. Rows carry their ``epoch`` (counted from the run's start).
+    random order that depends on ``example.seed`` and the epoch alone; the pass is cut into
+    steps of ``world`` x ``per_worker`` rows (the last, incomplete step left out), and worker
+    ``rank`` reads its slice of each step. Rows carry their ``epoch`` (counted from the run's
+    start).
 
     Nothing in it depends on what was read before: a run resumed at batch ``b`` of pass
     ``p`` reads ``shard(p, rank, start=b)``, the very rows a run without the interruption
@@ -148,8 +149,8 @@ class TrainStream:
     """Rows each worker trains on a step."""
     world: int
     """Workers of the run."""
-    seed: int
     example: ExampleConfig
+    """How records become model inputs; its ``seed`` sets every epoch's order."""
     counter: ray.actor.ActorHandle
     """The :class:`DropCounter` of every worker's reads."""
     features: str | None = None
@@ -171,7 +172,7 @@ class TrainStream:
         return cls(
             records=ray.put(table), rows=table.num_rows,
             epochs_per_pass=epochs_per_pass(table.num_rows, batch, max_steps),
-            per_worker=per_worker, world=world, seed=example.seed, example=example,
+            per_worker=per_worker, world=world, example=example,
             counter=DropCounter.remote(), features=None if features is None else str(features),
             tasks=max(1, tasks // world), decode_threads=decode_threads,
         )  # fmt: skip
@@ -184,7 +185,8 @@ class TrainStream:
         """The records of a pass, in its order, and the epoch of each."""
         first = stream_pass * self.epochs_per_pass
         epochs = range(first, first + self.epochs_per_pass)
-        index = [np.random.default_rng([self.seed, e]).permutation(self.rows) for e in epochs]
+        seed = self.example.seed
+        index = [np.random.default_rng([seed, e]).permutation(self.rows) for e in epochs]
         return np.concatenate(index), np.repeat(np.asarray(epochs), self.rows)
 
     def shard(self, stream_pass: int, rank: int, start: int = 0) -> ray.data.Dataset:
