@@ -250,7 +250,7 @@ def check_pass(side: str, keys: list[str], expected: Counter) -> None:
 def pass_keys(stream, stream_pass: int, keys: list[str]) -> Counter:
     """The images a one-worker pass of ``stream`` delivers: its steps' rows."""
     index, _ = stream.order(stream_pass)
-    return Counter(keys[i] for i in index[: stream.steps_per_pass * stream.per_worker])
+    return Counter(keys[i] for i in index[: stream.share_rows])
 
 
 def ray_workers(logs: Path) -> int:

@@ -7,8 +7,7 @@ to decode are dropped and counted by a zero-CPU actor.
 
 Training reads a :class:`TrainStream`: each worker of a run builds the dataset of its own
 share of each pass (:meth:`TrainStream.shard`), whose order is a function of the seed and the
-epoch alone, so a run resumed anywhere reads exactly the rows it had left (while every image
-reads, see :meth:`TrainStream.shard`).
+epoch alone, so a run resumed anywhere reads exactly the rows it had left.
 
 With a frozen encoder, :func:`sevlm.feature_encoding.cache_features` runs it once over the
 images into a :mod:`sevlm.feature_cache`, and the datasets read features from it (``features``)
@@ -131,13 +130,12 @@ class TrainStream:
     A pass is ``epochs_per_pass`` epochs (see :func:`epochs_per_pass`), each epoch in its own
     random order that depends on ``example.seed`` and the epoch alone; the pass is cut into
     steps of ``world`` x ``per_worker`` rows (the last, incomplete step left out), and worker
-    ``rank`` reads its slice of each step. Rows carry their ``epoch`` (counted from the run's
-    start).
+    ``rank`` reads its slice of each step: its share of the pass. Rows carry their ``epoch``
+    (counted from the run's start) and ``share_row``, their place in the worker's share.
 
-    Nothing in it depends on what was read before: a run resumed at batch ``b`` of pass
-    ``p`` reads ``shard(p, rank, start=b)``, the very rows a run without the interruption
-    would have read next (while every image reads, see :meth:`shard`), and decodes none of
-    those before them.
+    Nothing in it depends on what was read before: a worker resumed after row ``r`` of its
+    share of pass ``p`` reads ``shard(p, rank, start=r + 1)``, the very rows a run without
+    the interruption would have read next, and decodes none of those before them.
     """
 
     records: ray.ObjectRef
@@ -189,24 +187,31 @@ class TrainStream:
         index = [np.random.default_rng([seed, e]).permutation(self.rows) for e in epochs]
         return np.concatenate(index), np.repeat(np.asarray(epochs), self.rows)
 
+    @property
+    def share_rows(self) -> int:
+        """Rows of a worker's share of a pass."""
+        return self.steps_per_pass * self.per_worker
+
     def shard(self, stream_pass: int, rank: int, start: int = 0) -> ray.data.Dataset:
-        """Worker ``rank``'s rows of a pass from its batch ``start`` on, as a Ray Dataset of
-        model inputs (pairs not drawn yet: the consumer draws each row's for its ``epoch``).
-        Its tasks prefer the node that calls this (the worker's).
+        """Worker ``rank``'s rows of a pass from row ``start`` of its share on, as a Ray
+        Dataset of model inputs (pairs not drawn yet: the consumer draws each row's for its
+        ``epoch``). Its tasks prefer the node that calls this (the worker's).
 
         Batches are cut from the rows that decode: an image that fails drops its row, and
-        the worker's later batches of the pass shift by one. A run resumed after such a drop
-        reads from the start of batch ``start`` as laid out before any drop, so it may train
-        a row twice; exact resumption holds while every image reads."""
+        the worker's later batches of the pass shift by one. So a worker resumes from the
+        ``share_row`` after the last one it trained, not from a batch's place in the layout."""
         if not 0 <= rank < self.world:
             raise ValueError(f"rank {rank} is not one of {self.world} workers")
+        if not 0 <= start <= self.share_rows:
+            raise ValueError(f"row {start} is outside a share of {self.share_rows} rows")
         index, epochs = self.order(stream_pass)
         steps = self.steps_per_pass
         per_step = self.per_worker * self.world
         mine = np.arange(steps * per_step).reshape(steps, self.world, self.per_worker)
-        mine = mine[start:, rank].ravel()
+        mine = mine[:, rank].ravel()[start:]
         table = ray.get(self.records).take(index[mine])
         table = table.append_column("epoch", pa.array(epochs[mine]))
+        table = table.append_column("share_row", pa.array(np.arange(start, self.share_rows)))
         ds = records_dataset(table, self.per_worker, self.tasks)
         ds.context.print_on_execution_start = False  # two log lines per worker and pass
         # Ray Data 2.60 ignores execution_options.locality_with_output (a no-op); this does it

@@ -167,6 +167,15 @@ def from_rank_0(value: Any) -> Any:
     return box[0]
 
 
+def from_every_worker(value: Any) -> list[Any]:
+    """Every worker's ``value``, in rank order, on every worker (a collective)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def every_worker(flag: bool, group: dist.ProcessGroup | None = None) -> bool:
     """Whether ``flag`` holds on every worker: a collective, so every worker calls it at the
     same points. ``group``: a gloo group, so a CPU flag needs no GPU synchronisation."""

@@ -4,9 +4,9 @@ Each worker reads its share of the training images a pass at a time (a pass of o
 epochs, see :class:`sevlm.pipeline.TrainStream`), draws each row's annotation pair for its
 epoch, and steps the model with :class:`sevlm.training.Stepper`.
 At each validation the workers evaluate disjoint slices of the validation images, gather
-them, and rank 0 writes a checkpoint (model, optimizer, scheduler, scaler, step, data
-position, RNG states) that Ray persists and reports with the metrics. A restarted worker
-group resumes from it.
+them, and rank 0 writes a checkpoint (model, optimizer, scheduler, scaler, step, each
+worker's data position and RNG states) that Ray persists and reports with the metrics. A
+restarted worker group resumes from it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ from sevlm.frozen_encoder import cache_key, encoder_name
 from sevlm.generate import Decoder
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.model import SEVLM
-from sevlm.pipeline import TrainStream
+from sevlm.pipeline import TrainStream, report_drops
 from sevlm.tokenizer import load_tokenizer
 from sevlm.tracking import MetricLogger
 from sevlm.training import (
@@ -45,6 +45,7 @@ from sevlm.training import (
     eval_shard,
     evaluate_shard,
     every_worker,
+    from_every_worker,
     from_rank_0,
     mean_over_workers,
     reduce_eval,
@@ -74,7 +75,10 @@ class TrainState:
     stream_pass: int = 0
     """Passes over the training split finished (see :class:`sevlm.pipeline.TrainStream`)."""
     batch_in_pass: int = 0
-    """Batches of the current pass trained: a resumed run reads the pass from the next."""
+    """Steps of the current pass trained."""
+    share_rows: list[int] = field(default_factory=list)
+    """Per worker, in rank order: rows of its share of the current pass read (trained, or
+    dropped as unreadable), where it reads on when resumed (:func:`_resume_row`)."""
     best: float | None = None
     stale: int = 0
     stopped: bool = False
@@ -117,7 +121,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             load_weights(model, Path(folder) / WEIGHTS_FILE)
             saved = torch.load(Path(folder) / "trainer.pt", weights_only=True)
         state = TrainState(**saved["state"])
-        _set_rng(saved["rng"])
+        if rank == 0:  # this run's counts start from what its reads before had dropped
+            report_drops(config["stream"].counter, saved.get("dropped", {}))
+        rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]  # older: rank 0's
+        _set_rng(rngs[rank] if len(rngs) == world else rngs[0])
     features = open_feature_cache(model, model_cfg, example, config.get("feature_cache"))
     wrapped = ray.train.torch.prepare_model(model)
     stepper = Stepper(wrapped, model, train_cfg, device)
@@ -144,12 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             max_new_tokens=train_cfg.max_new_tokens, autocast=stepper.autocast,
             features=features,
         )  # fmt: skip
-        parts = [None] * world
-        if world > 1:
-            dist.all_gather_object(parts, part)
-        else:
-            parts = [part]
-        metrics = reduce_eval(parts, val)
+        metrics = reduce_eval(from_every_worker(part), val)
         if train_cfg.select_metric not in metrics:
             raise ValueError(
                 f"train.select_metric {train_cfg.select_metric!r} is not reported; "
@@ -168,15 +170,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if logger is not None:  # before the checkpoint: a failure in between replays this step
             logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, state.step)
             _say(_line("val", state.step, metrics))
-        _report(metrics, model, stepper, state, rank)
+        state.share_rows = from_every_worker(next_row)
+        _report(metrics, model, stepper, state, rank, stream)
         if gate and not final and gate.reaches(passed, state.step):
             _hold_at_rung(gate, passed, state.step, rank, metrics)
             passed += 1
 
     since, images_since = time.perf_counter(), 0
     while state.step < train_cfg.max_steps and not state.stopped:
-        start = state.batch_in_pass
-        for batch in _pass_batches(stream, state.stream_pass, rank, start, flags):
+        next_row = _resume_row(state, rank, world, per_worker)
+        for batch in _pass_batches(stream, state.stream_pass, rank, next_row, flags):
             fault.check(state.step + 1)
             epochs = batch["epoch"]
             state.epoch = int(np.max(epochs))
@@ -188,6 +191,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics = stepper.step(tensors)
             state.step += 1
             state.batch_in_pass += 1
+            next_row = int(batch["share_row"][-1]) + 1
             images_since += per_worker
             if state.step % train_cfg.log_every == 0:
                 metrics = mean_over_workers(metrics)  # every worker: an all-reduce
@@ -209,10 +213,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
              "calls failed; logging paused after each): the run's curves have gaps")  # fmt: skip
 
 
+def _resume_row(state: TrainState, rank: int, world: int, per_worker: int) -> int:
+    """The row of its share of the pass a worker reads on from: its own count, or where the
+    checkpoint has none of this many workers, the steps trained times its batch (the same
+    while no image of the pass failed to read)."""
+    if len(state.share_rows) == world:
+        return state.share_rows[rank]
+    return state.batch_in_pass * per_worker
+
+
 def _pass_batches(
     stream: TrainStream, stream_pass: int, rank: int, start: int, flags: dist.ProcessGroup | None
 ) -> Iterator[dict]:
-    """This worker's batches of a pass from batch ``start`` on, while every worker has one.
+    """This worker's batches of a pass from row ``start`` of its share on, while every worker
+    has one.
 
     The workers' shares of a pass are equal; one runs short only where images failed to read
     since the driver checked them (dropped, counted in ``pipeline/*``). The others then end
@@ -240,6 +254,7 @@ def _end_pass(stream: TrainStream, state: TrainState, rank: int) -> None:
              "read since the data check (pipeline/* counts them)")  # fmt: skip
     state.stream_pass += 1
     state.batch_in_pass = 0
+    state.share_rows = []
 
 
 def open_feature_cache(
@@ -262,9 +277,13 @@ def open_feature_cache(
     return cache
 
 
-def _report(metrics: dict, model, stepper: Stepper, state: TrainState, rank: int) -> None:
+def _report(
+    metrics: dict, model, stepper: Stepper, state: TrainState, rank: int, stream: TrainStream
+) -> None:
     """Every worker reports (a barrier); rank 0 attaches the checkpoint, written atomically:
-    into a fresh folder that Ray copies to storage before it counts as reported."""
+    into a fresh folder that Ray copies to storage before it counts as reported. It holds the
+    images the reads have dropped so far, which a resumed run may not meet again."""
+    rngs = from_every_worker(_get_rng())
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -274,7 +293,8 @@ def _report(metrics: dict, model, stepper: Stepper, state: TrainState, rank: int
             {
                 "stepper": stepper.state_dict(),
                 "state": dataclasses.asdict(state),
-                "rng": _get_rng(),
+                "rng": rngs,
+                "dropped": ray.get(stream.counter.get_keys.remote()),
             },
             Path(folder) / "trainer.pt",
         )

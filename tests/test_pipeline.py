@@ -135,7 +135,7 @@ def test_a_pass_is_epochs_each_in_its_own_seeded_order(ray_local, sample) -> Non
     assert list(other.order(0)[0]) != list(index)
 
 
-def test_workers_read_disjoint_equal_shares_in_order_from_any_batch(ray_local, sample) -> None:
+def test_workers_read_disjoint_equal_shares_in_order_from_any_row(ray_local, sample) -> None:
     from sevlm.examples import painting_records
 
     data = load_artemis(DataSource.resolve(data=str(sample.out)))
@@ -153,10 +153,13 @@ def test_workers_read_disjoint_equal_shares_in_order_from_any_batch(ray_local, s
         steps = np.arange(78 * 8).reshape(78, 2, 4)[:, rank].ravel()  # its half of each step
         assert [str(r["key"]) for r in rows] == list(keys[index[steps]])
         assert [int(r["epoch"]) for r in rows] == list(epochs[steps])  # epochs 3 to 5
+        assert [int(r["share_row"]) for r in rows] == list(range(78 * 4))
         shares.append(rows)
-        later = [str(r["key"]) for r in stream.shard(1, rank, start=70).iter_rows()]
-        assert later == [str(r["key"]) for r in rows[70 * 4 :]]  # a resumed read: the rest
-        assert list(stream.shard(1, rank, start=78).iter_batches()) == []  # resumed at the end
+        later = list(stream.shard(1, rank, start=281).iter_rows())  # a resumed read: the rest
+        assert [(str(r["key"]), r["share_row"]) for r in later] == [
+            (str(r["key"]), r["share_row"]) for r in rows[281:]
+        ]
+        assert list(stream.shard(1, rank, start=312).iter_batches()) == []  # resumed at the end
     for epoch in (3, 4, 5):
         halves = [{str(r["key"]) for r in rows if r["epoch"] == epoch} for rows in shares]
         assert not halves[0] & halves[1]
@@ -164,6 +167,8 @@ def test_workers_read_disjoint_equal_shares_in_order_from_any_batch(ray_local, s
     assert stream.dropped() == {}
     with pytest.raises(ValueError, match="rank 2 is not one of 2 workers"):
         stream.shard(0, 2)
+    with pytest.raises(ValueError, match="row 313 is outside a share of 312 rows"):
+        stream.shard(0, 1, start=313)
 
 
 def test_rows_of_a_pass_pair_as_their_own_epoch(ray_local, sample) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,7 +81,8 @@ def test_two_workers_disjoint_shards_and_exact_validation(sample, ray_local, tmp
     loaded = load_artemis(source)  # checked before the image broke
     records = painting_records(loaded.split("train"))
     example = ExampleConfig(image_size=64, lexicon=str(source.lexicon))
-    first = TrainStream.create(loaded, example, per_worker=16, world=2, max_steps=6).order(0)[0][0]
+    stream = TrainStream.create(loaded, example, per_worker=16, world=2, max_steps=6)
+    first = stream.order(0)[0][0]
     Path(records["image"][first]).write_bytes(b"broken after the data check")
     outcome = train(tmp_path, (source, loaded), "two", workers=2, batch_size=32)
     rank0 = trained_batches(tmp_path / "trace" / "rank0.tsv")
@@ -101,6 +103,17 @@ def test_two_workers_disjoint_shards_and_exact_validation(sample, ray_local, tmp
     )
     assert 1 <= len(checkpoints) <= 3  # the best kept (keep 2) plus the latest
     assert {"model.safetensors", "trainer.pt"} <= {p.name for p in checkpoints[-1].iterdir()}
+    # the last (step 6, a batch into pass 1) holds where each worker reads on, and its RNGs
+    saved = torch.load(checkpoints[-1] / "trainer.pt", weights_only=True)
+    assert (saved["state"]["step"], saved["state"]["stream_pass"]) == (6, 1)
+    index = stream.order(1)[0]
+    for rank in (0, 1):
+        share = np.arange(stream.share_rows * 2).reshape(-1, 2, 16)[:, rank].ravel()
+        readable = [row for row, at in enumerate(share) if index[at] != first]
+        assert saved["state"]["share_rows"][rank] == readable[15] + 1  # after 16 trained
+    python_rngs = [rng["python"] for rng in saved["rng"]]
+    assert len(python_rngs) == 2 and python_rngs[0] != python_rngs[1]  # each worker's own
+    assert saved["dropped"] == {"unreadable_image": [records["key"][first]]}
     assert outcome.metrics["step"] in (2, 4, 6)
     assert metric_steps(tmp_path, outcome.run_id, "val/bleu4") == [2, 4, 6]
 
@@ -186,11 +199,22 @@ def test_early_stop_after_validations_without_improvement(ray_local, data, tmp_p
     assert [m.value for m in history(outcome.run_id, "val/images")] == [3.0, 3.0]
 
 
-def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monkeypatch):
-    """A pass of one epoch (as on ArtEmis): 210 training paintings make 6 steps of 32. The
-    run stops in the second pass, at step 9, and resumes from its step-8 checkpoint (pass 1,
-    batch 2): it must read the second epoch's order from its third batch on."""
+def test_interrupted_and_finished_runs_continue(ray_local, sample, tmp_path, monkeypatch):
+    """A pass of one epoch (as on ArtEmis): 210 training paintings make 6 steps of 32, but one
+    image stopped decoding after the data check, early in both epochs' orders, so each pass
+    gives 5 batches, the later ones shifted by a row. The run stops in the second pass, at
+    step 9, and resumes from its step-8 checkpoint: it must read on from the row after the
+    last it trained, not from its third batch as laid out before the drop."""
     monkeypatch.setattr("sevlm.pipeline.PASS_ROWS", 1)
+    shutil.copytree(sample.out, tmp_path / "sample")
+    source = DataSource.resolve(data=str(tmp_path / "sample"))
+    loaded = load_artemis(source)  # checked before the image broke
+    stream = TrainStream.create(loaded, ExampleConfig(), per_worker=32, max_steps=10)
+    epoch_0, epoch_1 = stream.order(0)[0], stream.order(1)[0]
+    broken = next(i for i in epoch_1[:96] if i in epoch_0[:192])  # before the resume point
+    records = painting_records(loaded.split("train"))
+    Path(records["image"][broken]).write_bytes(b"broken after the data check")
+    data = (source, loaded)
     steps = {"batch_size": 32, "max_steps": 10}
     monkeypatch.setenv(FAIL_AT_STEP, "9")
     monkeypatch.setenv(FAIL_MARKER, str(tmp_path / "fault-marker"))
@@ -210,10 +234,14 @@ def test_interrupted_and_finished_runs_continue(ray_local, data, tmp_path, monke
     batches = trained_batches(trace)
     assert batches == trained_batches(tmp_path / "straight" / "rank0.tsv")
     epochs = [{e for e, _ in batch} for batch in batches]
-    assert epochs == [{0}] * 6 + [{1}] * 4  # an epoch a pass
-    first, second = ([k for batch in batches[6 * e : 6 * e + 4] for _, k in batch] for e in (0, 1))
-    assert len(set(first)) == len(set(second)) == 128 and first != second  # each its own order
+    assert epochs == [{0}] * 5 + [{1}] * 5  # an epoch a pass, each a batch short
+    first, second = ([k for batch in batches[5 * e : 5 * e + 5] for _, k in batch] for e in (0, 1))
+    assert len(set(first)) == len(set(second)) == 160  # no row twice in an epoch
+    assert records["key"][broken] not in first + second
+    assert first != second  # each epoch its own order
     assert metric_steps(tmp_path, outcome.run_id, "train/loss") == list(range(1, 11))
+    history = client_for(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history
+    assert [m.value for m in history(outcome.run_id, "pipeline/unreadable_image")] == [1.0]
     again = train(tmp_path, data, "resume", failures=0, **steps)  # a finished run: nothing to redo
     assert len(trained_batches(trace)) == 10
     assert again.run_id == outcome.run_id
