@@ -164,7 +164,8 @@ class TrainStream:
         decode_threads: int = DECODE_THREADS,
     ) -> TrainStream:  # fmt: skip
         """The stream of ``data``'s training split for a run of ``max_steps`` steps; ``tasks``
-        is the run's share of decode tasks, split among its workers."""
+        is the run's share of decode tasks, split among its workers (at least one each: a
+        worker with none would wait for ever, so more workers than tasks run a task each)."""
         table = pa.Table.from_pydict(painting_records(data.split("train")))
         batch = per_worker * world
         return cls(
