@@ -5,8 +5,8 @@ epochs, see :class:`sevlm.pipeline.TrainStream`), draws each row's annotation pa
 epoch, and steps the model with :class:`sevlm.training.Stepper`.
 At each validation the workers evaluate disjoint slices of the validation images, gather
 them, and rank 0 writes a checkpoint (model, optimizer, scheduler, scaler, step, each
-worker's data position and RNG states) that Ray persists and reports with the metrics. A
-restarted worker group resumes from it.
+worker's data position and RNG states, the images the reads dropped so far) that Ray persists
+and reports with the metrics. A restarted worker group resumes from it.
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ class TrainState:
     """Passes over the training split finished (see :class:`sevlm.pipeline.TrainStream`)."""
     batch_in_pass: int = 0
     """Steps of the current pass trained."""
-    share_rows: list[int] = field(default_factory=list)
-    """Per worker, in rank order: rows of its share of the current pass read (trained, or
-    dropped as unreadable), where it reads on when resumed (:func:`_resume_row`)."""
+    next_rows: list[int] = field(default_factory=list)
+    """Per worker, in rank order: the row of its share of the current pass after the last it
+    trained (its ``share_row`` + 1), where it reads on when resumed (:func:`_resume_row`)."""
     best: float | None = None
     stale: int = 0
     stopped: bool = False
@@ -144,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     gate = config.get("rung_gate")
     passed = from_rank_0(gate.passed()) if gate else 0
 
-    def validate() -> None:
+    def validate(next_row: int) -> None:
         nonlocal passed
         part = evaluate_shard(
             model, val_shard, example, decoder, device, batch_size=per_worker,
@@ -170,8 +170,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if logger is not None:  # before the checkpoint: a failure in between replays this step
             logger.log({k: v for k, v in metrics.items() if k.startswith("val/")}, state.step)
             _say(_line("val", state.step, metrics))
-        state.share_rows = from_every_worker(next_row)
-        _report(metrics, model, stepper, state, rank, stream)
+        _report(metrics, model, stepper, state, rank, stream, next_row)
         if gate and not final and gate.reaches(passed, state.step):
             _hold_at_rung(gate, passed, state.step, rank, metrics)
             passed += 1
@@ -203,7 +202,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     logger.log(metrics, state.step)
                     _say(_line("train", state.step, metrics))
             if state.step % train_cfg.val_every == 0 or state.step == train_cfg.max_steps:
-                validate()
+                validate(next_row)
             if state.step >= train_cfg.max_steps or state.stopped:
                 break
         else:
@@ -217,8 +216,8 @@ def _resume_row(state: TrainState, rank: int, world: int, per_worker: int) -> in
     """The row of its share of the pass a worker reads on from: its own count, or where the
     checkpoint has none of this many workers, the steps trained times its batch (the same
     while no image of the pass failed to read)."""
-    if len(state.share_rows) == world:
-        return state.share_rows[rank]
+    if len(state.next_rows) == world:
+        return state.next_rows[rank]
     return state.batch_in_pass * per_worker
 
 
@@ -254,7 +253,7 @@ def _end_pass(stream: TrainStream, state: TrainState, rank: int) -> None:
              "read since the data check (pipeline/* counts them)")  # fmt: skip
     state.stream_pass += 1
     state.batch_in_pass = 0
-    state.share_rows = []
+    state.next_rows = []
 
 
 def open_feature_cache(
@@ -278,12 +277,15 @@ def open_feature_cache(
 
 
 def _report(
-    metrics: dict, model, stepper: Stepper, state: TrainState, rank: int, stream: TrainStream
-) -> None:
+    metrics: dict, model, stepper: Stepper, state: TrainState, rank: int, stream: TrainStream,
+    next_row: int,
+) -> None:  # fmt: skip
     """Every worker reports (a barrier); rank 0 attaches the checkpoint, written atomically:
-    into a fresh folder that Ray copies to storage before it counts as reported. It holds the
-    images the reads have dropped so far, which a resumed run may not meet again."""
-    rngs = from_every_worker(_get_rng())
+    into a fresh folder that Ray copies to storage before it counts as reported. It holds
+    every worker's ``next_row`` and RNG states, and the images the reads have dropped so far,
+    which a resumed run may not meet again."""
+    where = from_every_worker((next_row, _get_rng()))
+    state.next_rows = [row for row, _ in where]
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
@@ -293,7 +295,7 @@ def _report(
             {
                 "stepper": stepper.state_dict(),
                 "state": dataclasses.asdict(state),
-                "rng": rngs,
+                "rng": [rng for _, rng in where],
                 "dropped": ray.get(stream.counter.get_keys.remote()),
             },
             Path(folder) / "trainer.pt",

@@ -110,7 +110,7 @@ def test_two_workers_disjoint_shards_and_exact_validation(sample, ray_local, tmp
     for rank in (0, 1):
         share = np.arange(stream.share_rows * 2).reshape(-1, 2, 16)[:, rank].ravel()
         readable = [row for row, at in enumerate(share) if index[at] != first]
-        assert saved["state"]["share_rows"][rank] == readable[15] + 1  # after 16 trained
+        assert saved["state"]["next_rows"][rank] == readable[15] + 1  # after 16 trained
     python_rngs = [rng["python"] for rng in saved["rng"]]
     assert len(python_rngs) == 2 and python_rngs[0] != python_rngs[1]  # each worker's own
     assert saved["dropped"] == {"unreadable_image": [records["key"][first]]}
@@ -248,6 +248,19 @@ def test_interrupted_and_finished_runs_continue(ray_local, sample, tmp_path, mon
     best = metric_steps(tmp_path, outcome.run_id, "best/val/lm_loss")
     assert best == [outcome.metrics["step"]]  # logged once, at the best checkpoint's step
     assert load_pretrained(again.model_dir).info["metrics"]["step"] == outcome.metrics["step"]
+
+
+def test_a_worker_resumes_from_its_own_row_else_from_the_steps_trained():
+    """Each worker's row when the checkpoint has one per worker; a checkpoint from before rows
+    were kept (no ``next_rows``), or of another number of workers, gives the step's place."""
+    from sevlm_train.loop import TrainState, _resume_row
+
+    saved = {"step": 11, "epoch": 1, "stream_pass": 1, "batch_in_pass": 3, "best": 1.5}
+    state = TrainState(**saved)  # the state an older checkpoint holds
+    assert [_resume_row(state, rank, 2, 16) for rank in (0, 1)] == [48, 48]
+    state.next_rows = [49, 48]  # worker 0 lost a row to an unreadable image
+    assert [_resume_row(state, rank, 2, 16) for rank in (0, 1)] == [49, 48]
+    assert _resume_row(state, 0, 1, 32) == 96  # resumed with one worker instead of two
 
 
 def test_one_node_runs_get_the_quick_train_settings_only_while_they_start(monkeypatch):
