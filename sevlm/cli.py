@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI "
                        "or ./mlflow.db)")  # fmt: skip
     train.add_argument("--experiment", help="MLflow experiment (default sevlm)")
-    train.add_argument("--max-failures", type=int, default=2, help="worker restarts allowed")
+    train.add_argument("--max-failures", type=int, default=2, help="worker restarts allowed (2)")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     train.set_defaults(func=cmd_train)
 
