@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from sevlm.artemis import SPLITS, ArtemisData
 from sevlm.examples import ExampleConfig, decode_batch, encode_batch, painting_records
@@ -215,9 +214,14 @@ class TrainStream:
         table = table.append_column("share_row", pa.array(np.arange(start, self.share_rows)))
         ds = records_dataset(table, self.per_worker, self.tasks)
         ds.context.print_on_execution_start = False  # two log lines per worker and pass
-        # Ray Data 2.60 ignores execution_options.locality_with_output (a no-op); this does it
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-        opts = {**stage_options(self.per_worker, self.tasks, 0.0), "scheduling_strategy": here}
+        # Ray Data 2.60 ignores execution_options.locality_with_output (a no-op). The worker's
+        # node by its label, any node where that cannot be (a scheduling strategy would do it
+        # too, but only through ray_remote_args, which Ray 2.64 removes)
+        here = {"ray.io/node-id": ray.get_runtime_context().get_node_id()}
+        opts = {
+            **stage_options(self.per_worker, self.tasks, 0.0),
+            "label_selector": here, "fallback_strategy": [{"label_selector": {}}],
+        }  # fmt: skip
         return model_inputs(
             ds, self.example, self.counter, self.features, self.decode_threads, opts
         )

@@ -136,6 +136,10 @@ def test_a_pass_is_epochs_each_in_its_own_seeded_order(ray_local, sample) -> Non
 
 
 def test_workers_read_disjoint_equal_shares_in_order_from_any_row(ray_local, sample) -> None:
+    import warnings
+
+    from ray.util.annotations import RayDeprecationWarning
+
     from sevlm.examples import painting_records
 
     data = load_artemis(DataSource.resolve(data=str(sample.out)))
@@ -145,7 +149,9 @@ def test_workers_read_disjoint_equal_shares_in_order_from_any_row(ray_local, sam
     index, epochs = stream.order(1)
     shares = []
     for rank in (0, 1):
-        dataset = stream.shard(1, rank)
+        with warnings.catch_warnings():  # the stage's options are of this Ray, none deprecated
+            warnings.simplefilter("error", RayDeprecationWarning)
+            dataset = stream.shard(1, rank)
         assert dataset.context.execution_options.preserve_order
         assert dataset.materialize().num_blocks() > 2  # several tasks, finishing in any order
         rows = list(dataset.iter_rows())
