@@ -104,6 +104,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_cfg = TrainConfig(**config["train"])
     model_cfg = ModelConfig.from_dict(config["model"])
     example = ExampleConfig(**config["example"])
+    stream: TrainStream = config["stream"]
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
     torch.manual_seed(train_cfg.seed)
@@ -122,7 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = torch.load(Path(folder) / "trainer.pt", weights_only=True)
         state = TrainState(**saved["state"])
         if rank == 0:  # this run's counts start from what its reads before had dropped
-            report_drops(config["stream"].counter, saved.get("dropped", {}))
+            report_drops(stream.counter, saved.get("dropped", {}))
         rngs = saved["rng"] if isinstance(saved["rng"], list) else [saved["rng"]]  # older: rank 0's
         _set_rng(rngs[rank] if len(rngs) == world else rngs[0])
     features = open_feature_cache(model, model_cfg, example, config.get("feature_cache"))
@@ -138,7 +139,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = MetricLogger(config["tracking_uri"], config["run_id"]) if rank == 0 else None
     fault = FaultHook(rank)
     trace = _trace_file(rank)
-    stream: TrainStream = config["stream"]
     per_worker = stream.per_worker
     flags = dist.new_group(backend="gloo") if world > 1 else None  # see _pass_batches
     gate = config.get("rung_gate")
