@@ -69,7 +69,26 @@ SWEEP_KIND_TAG = "sevlm.kind"
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a trial stopped before its end was pruned."""
+    """OptunaSearch that tells Optuna a trial stopped before its end was pruned, and files
+    its intermediate scores under their training step.
+
+    Ray files them under Tune's ``training_iteration``, which starts again at 1 when a trial
+    paused at a rung of successive halving restarts: Optuna then dropped the next score with a
+    warning ("step=1 already reported") and the trial's later scores sat at too early steps,
+    which TPE reads when it weighs pruned trials. A step reported before (a trial resumed
+    after its run had ended reports its last result again) is skipped.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._last_step: dict[str, int] = {}  # saved with the searcher: save() pickles __dict__
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        step = int(result["step"])
+        if trial_id in self._completed_trials or step <= self._last_step.get(trial_id, 0):
+            return
+        self._ot_trials[trial_id].report(result[self.metric], step)
+        self._last_step[trial_id] = step
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False

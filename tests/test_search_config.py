@@ -3,6 +3,7 @@ Optuna bookkeeping and plots."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -203,16 +204,50 @@ def test_asha_stopped_trials_are_pruned_for_optuna():
     )
     for trial in ("a", "b", "c"):
         assert set(search.suggest(trial)) == {"temperature", "w_cl", "w_vad"}
-    for step in (1, 2):
-        search.on_trial_result("a", {"val/bleu4": 0.1 * step, "training_iteration": step})
-    search.on_trial_result("b", {"val/bleu4": 0.05, "training_iteration": 1})
-    search.on_trial_complete("a", {"val/bleu4": 0.2, "training_iteration": 2, "final": 1.0})
-    search.on_trial_complete("b", {"val/bleu4": 0.05, "training_iteration": 1, "final": 0.0})
+    for it in (1, 2):
+        search.on_trial_result(
+            "a", {"val/bleu4": 0.1 * it, "step": 40 * it, "training_iteration": it}
+        )
+    search.on_trial_result("b", {"val/bleu4": 0.05, "step": 40, "training_iteration": 1})
+    search.on_trial_complete(
+        "a", {"val/bleu4": 0.2, "step": 80, "training_iteration": 2, "final": 1.0}
+    )
+    search.on_trial_complete(
+        "b", {"val/bleu4": 0.05, "step": 40, "training_iteration": 1, "final": 0.0}
+    )
     search.on_trial_complete("c", None, error=True)
     states = {t.number: t.state.name for t in search._ot_study.trials}
     assert states == {0: "COMPLETE", 1: "PRUNED", 2: "FAIL"}
     assert search._ot_study.trials[0].value == pytest.approx(0.2)
-    assert search._ot_study.trials[1].intermediate_values == {1: 0.05}
+    assert search._ot_study.trials[1].intermediate_values == {40: 0.05}
+
+
+def test_optuna_files_scores_under_the_training_step_across_a_restart(tmp_path):
+    """A trial paused at a rung restarts its function, and Tune counts its reports from 1
+    again: each score still lands at its own step, without Optuna's duplicate-step warning,
+    also after the searcher is saved and restored (a sweep resumed after its driver died)."""
+    search = PruningOptunaSearch(
+        space=tune_space(SearchConfig()), metric="val/lm_loss", mode="min", seed=0
+    )
+    search.suggest("a")
+    results = [(40, 1, 3.0), (80, 1, 2.5)]  # paused at the rung after step 40, restarted
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step, it, loss in results:
+            search.on_trial_result(
+                "a", {"val/lm_loss": loss, "step": step, "training_iteration": it}
+            )
+        search.save(str(tmp_path / "searcher.pkl"))
+        restored = PruningOptunaSearch(
+            space=tune_space(SearchConfig()), metric="val/lm_loss", mode="min", seed=0
+        )
+        restored.restore(str(tmp_path / "searcher.pkl"))
+        for step, it, loss in [(80, 2, 2.5), (120, 1, 2.0)]:  # the last report again, then on
+            restored.on_trial_result(
+                "a", {"val/lm_loss": loss, "step": step, "training_iteration": it}
+            )
+    trial = restored._ot_study.trials[0]
+    assert trial.intermediate_values == {40: 3.0, 80: 2.5, 120: 2.0}
 
 
 def row(trial_id, state, final, **params):
