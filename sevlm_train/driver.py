@@ -121,11 +121,26 @@ def run_name(
 
 
 def ensure_ray(printer: Printer) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a local one; quiet Ray Data's progress bars."""
+    """Join the cluster in RAY_ADDRESS, or start a local one; quiet Ray Data's progress bars;
+    start Ray Data's stats actor here, outside any placement group."""
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))
         printer(f"ray: {ray.cluster_resources()}")
     ray.data.DataContext.get_current().enable_progress_bars = False
+    if ray.util.get_current_placement_group() is None:
+        _start_data_stats_actor()
+
+
+def _start_data_stats_actor() -> None:
+    """Ray Data registers every dataset with one detached actor, created by the first
+    process that builds a dataset. Created by a Train worker, it lands in the worker group's
+    placement group and dies when that group is removed (a trial ends, a run restarts its
+    workers); the next dataset creates a new one, and each dataset still running then ends
+    with a ``KeyError`` traceback from it ("Unhandled error ... _StatsActor"), two per sample
+    sweep. Created here first, it lives as long as the cluster."""
+    from ray.data._internal.stats import get_or_create_stats_actor  # no public API for it
+
+    get_or_create_stats_actor()
 
 
 def scaling_config(

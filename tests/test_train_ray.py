@@ -285,3 +285,41 @@ def test_a_split_smaller_than_a_step_fails_before_the_run_opens(ray_local, data,
     client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("sevlm")
     assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+@ray.remote(num_cpus=0.1)
+def _read_a_dataset() -> int:
+    rows = ray.data.range(8, override_num_blocks=2).map_batches(lambda batch: batch).take_all()
+    return len(rows)
+
+
+def test_ray_datas_stats_actor_outlives_a_worker_groups_placement_group(ray_local):
+    """Ray Data's stats actor, created in a Train worker, died with its placement group at a
+    trial's end; the datasets still running then ended with a KeyError traceback from it."""
+    import time
+
+    from ray.data._internal.stats import STATS_ACTOR_NAME, STATS_ACTOR_NAMESPACE
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from sevlm_train.driver import ensure_ray
+
+    def stats_actor():
+        try:
+            return ray.get_actor(STATS_ACTOR_NAME, namespace=STATS_ACTOR_NAMESPACE)
+        except ValueError:
+            return None
+
+    if (earlier := stats_actor()) is not None:  # made by this module's earlier tests
+        ray.kill(earlier)
+        while stats_actor() is not None:
+            time.sleep(0.1)
+    ensure_ray(lambda _: None)
+    started = stats_actor()
+    group = placement_group([{"CPU": 0.5}])
+    ray.get(group.ready())
+    inside = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+    assert ray.get(_read_a_dataset.options(scheduling_strategy=inside).remote()) == 8
+    remove_placement_group(group)
+    time.sleep(2)  # without the driver's actor, the group's own one is dead by then
+    assert started is not None and ray.get(started.get_datasets.remote(), timeout=30)
