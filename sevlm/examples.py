@@ -19,7 +19,7 @@ from PIL import Image
 
 from sevlm.artemis import Painting
 from sevlm.config import ModelConfig
-from sevlm.feature_cache import FeatureCache, attach_features
+from sevlm.feature_cache import FeatureCache, attach_features, take_rows
 from sevlm.images import ImageTransform
 from sevlm.lexicon import VADLexicon, read_lexicon
 from sevlm.sequences import SequenceBuilder, encode_pairs
@@ -118,7 +118,7 @@ def decode_batch(
         else:
             pixels.append(image)
             keep.append(i)
-    out = {k: _take(v, keep) for k, v in batch.items()}
+    out = {k: take_rows(v, keep) for k, v in batch.items()}
     size = config.image_size
     out["pixel_values"] = np.stack(pixels) if pixels else np.zeros((0, 3, size, size), np.uint8)
     return out, dropped
@@ -174,9 +174,3 @@ def iter_batches(
             decoded, _ = attach_features(batch, features)
         if len(decoded["key"]):
             yield encode_batch(decoded, config, epoch)
-
-
-def _take(values, index: list[int]):
-    if isinstance(values, np.ndarray):
-        return values[index]
-    return [values[i] for i in index]

@@ -161,12 +161,13 @@ def attach_features(batch: dict, cache: FeatureCache) -> tuple[dict, Dropped]:
     for k in keys:
         if k not in cache:
             dropped.setdefault(cache.reason(k) or "missing_features", []).append(k)
-    out = {k: _take(v, keep) for k, v in batch.items()}
+    out = {k: take_rows(v, keep) for k, v in batch.items()}
     out["image_features"] = cache.lookup(keys[i] for i in keep)
     return out, dropped
 
 
-def _take(values, index: list[int]):
+def take_rows(values: np.ndarray | list, index: list[int]) -> np.ndarray | list:
+    """The rows at ``index`` of a batch's column, an array or a list (Ray Data gives both)."""
     if isinstance(values, np.ndarray):
         return values[index]
     return [values[i] for i in index]
