@@ -101,9 +101,9 @@ def _read_mlmodel(path: Path) -> dict:
 def _download(ref: str, tracking_uri: str | None) -> Path:
     import mlflow
 
-    from sevlm.tracking import redact_in, resolve_tracking_uri
+    from sevlm.tracking import quiet_artifact_progress, redact_in, resolve_tracking_uri
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_artifact_progress()
     target = tempfile.mkdtemp(prefix="sevlm-model-")
     atexit.register(shutil.rmtree, target, ignore_errors=True)
     uri = resolve_tracking_uri(tracking_uri)

@@ -243,6 +243,12 @@ class MetricLogger:
         return False, None
 
 
+def quiet_artifact_progress() -> None:
+    """No progress bar per MLflow artifact download: a line of redrawn bars for a model's
+    few small files, once per trial in a sweep's log. A user's own setting wins."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def log_model(uri: str, run_id: str, model_dir: Path) -> str:
     """Log a model directory as an MLflow pyfunc model of ``run_id``; returns its model URI.
 
@@ -252,6 +258,7 @@ def log_model(uri: str, run_id: str, model_dir: Path) -> str:
 
     from sevlm.mlflow_model import example_input
 
+    quiet_artifact_progress()  # log_model downloads the model back to check its example
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(

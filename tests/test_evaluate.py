@@ -245,3 +245,13 @@ def test_unknown_model_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> 
         (tmp_path / "folder").mkdir(exist_ok=True)
         code = main(["evaluate", "--model", str(tmp_path), "--out", str(tmp_path / out)])
         assert code == 2 and f"--out {tmp_path / out}" in capsys.readouterr().err
+
+
+def test_logging_a_model_draws_no_download_bars(trained: Path, tmp_path: Path, monkeypatch, capfd):
+    """log_model downloads the model back to check its input example; MLflow drew a bar for
+    each of its files, once per trial in a sweep's log."""
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id, _ = find_or_create_run(uri, "sevlm", "trained", {"preset": "tiny"})
+    log_model(uri, run_id, trained)
+    assert "Downloading artifacts" not in capfd.readouterr().err
