@@ -312,7 +312,9 @@ def test_ray_datas_stats_actor_outlives_a_worker_groups_placement_group(ray_loca
 
     if (earlier := stats_actor()) is not None:  # made by this module's earlier tests
         ray.kill(earlier)
+        deadline = time.monotonic() + 30
         while stats_actor() is not None:
+            assert time.monotonic() < deadline, "the earlier stats actor did not die"
             time.sleep(0.1)
     ensure_ray(lambda _: None)
     started = stats_actor()
